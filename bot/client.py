@@ -1,0 +1,107 @@
+"""The Discord client: wires settings, database, JobManager and cogs together."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.db import Database
+from bot.db.jobs import JobStore
+from bot.jobs.manager import JobManager
+from bot.settings import Settings
+from bot.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.cogs.imagine",)
+
+# What the bot needs in a channel: see it, post results with files and embeds, reply to the author,
+# and add the 🔄 reaction to its results.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    add_reactions=True,
+)
+
+
+def point_at(settings: Settings) -> None:
+    """Send discord.py's REST and gateway traffic where the settings say (Discord, a proxy, a loopback)."""
+    discord.http.Route.BASE = settings.discord_api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def make_transport(settings: Settings) -> Transport:
+    if settings.engine_transport == "local":
+        from bot.transport.local import LocalTransport, WorkerOptions
+
+        options = WorkerOptions(
+            model=settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_batch=settings.engine_max_batch,
+            models_dir=str(settings.models_dir) if settings.models_dir else None,
+            allow_pickle=settings.allow_pickle_checkpoints,
+            extra_args=settings.engine_args,
+        )
+        return LocalTransport(options, settings.engine_workers)
+    raise NotImplementedError(f"ENGINE_TRANSPORT={settings.engine_transport} is not available yet")
+
+
+class ImagineBot(commands.Bot):
+    def __init__(self, settings: Settings, *, transport: Transport | None = None) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_reactions = True  # the 🔄 reaction reroll
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.store = JobStore(self.db.sessions)
+        self.jobs = JobManager(
+            self.store,
+            transport or make_transport(settings),
+            settings.output_dir,
+            preview_every=settings.preview_every,
+        )
+
+    async def setup_hook(self) -> None:
+        await self.db.migrate()
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands()
+        # Cogs subscribed above; now recovered work can be re-announced to them.
+        await self.jobs.start()
+
+    async def sync_commands(self) -> None:
+        if self.settings.guild_ids:
+            for guild_id in self.settings.guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+            log.info("slash commands synced to %d guild(s)", len(self.settings.guild_ids))
+        else:
+            await self.tree.sync()
+            log.info("slash commands synced globally (Discord may take up to an hour to show them)")
+
+    async def on_ready(self) -> None:
+        assert self.user is not None
+        url = discord.utils.oauth_url(
+            self.application_id or self.user.id,
+            permissions=INVITE_PERMISSIONS,
+            scopes=("bot", "applications.commands"),
+        )
+        log.info("logged in as %s (%s) in %d guild(s)", self.user, self.user.id, len(self.guilds))
+        log.info("invite me: %s", url)
+
+    async def close(self) -> None:
+        try:
+            await self.jobs.close()
+        finally:
+            await super().close()
+            await self.db.close()

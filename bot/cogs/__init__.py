@@ -1,0 +1,1 @@
+"""One package per feature; each exposes ``setup(bot)`` for ``load_extension``."""

@@ -1,0 +1,68 @@
+"""Getting job news onto Discord without ever losing a result.
+
+While the interaction token is young the bot edits its own reply; after that (tokens die at 15
+minutes, and after a restart there is no token at all) it posts a channel message replying to the
+author. Progress edits are throttled and dropped when one is still in flight; the final result waits
+its turn and is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+import discord
+
+log = logging.getLogger(__name__)
+
+TOKEN_SAFE_AGE = dt.timedelta(minutes=14)  # Discord kills interaction tokens at 15 minutes
+PROGRESS_MIN_INTERVAL = 1.5  # seconds between progress edits of one message (rate limits: 5 per 5 s)
+
+
+@dataclass(slots=True)
+class LiveReply:
+    """The interaction a job answers, while its token is usable."""
+
+    interaction: discord.Interaction
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_edit: float = 0.0
+    finished: bool = False
+
+    def token_alive(self) -> bool:
+        return discord.utils.utcnow() - self.interaction.created_at < TOKEN_SAFE_AGE
+
+
+def is_dead_token(exc: discord.HTTPException) -> bool:
+    # 50027: Invalid Webhook Token (expired); 10015: Unknown Webhook; 10062: Unknown interaction.
+    return exc.status in (401, 404) or exc.code in (50027, 10015, 10062)
+
+
+async def edit_progress(reply: LiveReply, **fields: object) -> None:
+    """A best-effort status edit: skipped while another edit runs or if the last one was too recent."""
+    if reply.finished or reply.lock.locked() or not reply.token_alive():
+        return
+    if time.monotonic() - reply.last_edit < PROGRESS_MIN_INTERVAL:
+        return
+    async with reply.lock:
+        if reply.finished:
+            return
+        reply.last_edit = time.monotonic()
+        try:
+            await reply.interaction.edit_original_response(**fields)  # type: ignore[arg-type]
+        except discord.HTTPException as exc:
+            log.debug("progress edit failed: %s", exc)
+
+
+async def edit_status(reply: LiveReply, **fields: object) -> None:
+    """A status edit that is not throttled (queued, started), still skipped once the job finished."""
+    async with reply.lock:
+        if reply.finished or not reply.token_alive():
+            return
+        reply.last_edit = time.monotonic()
+        try:
+            await reply.interaction.edit_original_response(**fields)  # type: ignore[arg-type]
+        except discord.HTTPException as exc:
+            log.debug("status edit failed: %s", exc)

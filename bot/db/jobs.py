@@ -1,0 +1,171 @@
+"""Job queries. Every state transition is a conditional UPDATE (``WHERE state IN ...``), so a transition
+applied twice (a result delivered twice, a restart racing a worker) changes the row once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db.models import Guild, Image, Job, JobState, Usage, User, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class SavedImage:
+    index: int
+    seed: int
+    path: str
+    width: int
+    height: int
+
+
+class JobStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def _ensure_people(
+        self, session: AsyncSession, guild_id: int | None, guild_name: str, user_id: int, user_name: str
+    ) -> None:
+        # INSERT OR IGNORE then refresh the name: one round trip each, no read-modify-write race.
+        if guild_id is not None:
+            await session.execute(
+                sqlite_insert(Guild)
+                .values(id=guild_id, name=guild_name[:100], created_at=utcnow())
+                .on_conflict_do_update(index_elements=[Guild.id], set_={"name": guild_name[:100]})
+            )
+        await session.execute(
+            sqlite_insert(User)
+            .values(id=user_id, name=user_name[:100], created_at=utcnow())
+            .on_conflict_do_update(index_elements=[User.id], set_={"name": user_name[:100]})
+        )
+
+    async def create(self, job: Job, *, guild_name: str = "", user_name: str = "") -> Job:
+        async with self.sessions.begin() as session:
+            await self._ensure_people(session, job.guild_id, guild_name, job.user_id, user_name)
+            session.add(job)
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self.sessions() as session:
+            return await session.get(Job, job_id)
+
+    async def by_message(self, message_id: int) -> Job | None:
+        async with self.sessions() as session:
+            result = await session.execute(select(Job).where(Job.result_message_id == message_id))
+            return result.scalars().first()
+
+    async def transition(
+        self, job_id: str, from_states: Iterable[JobState], to: JobState, **values: object
+    ) -> bool:
+        """Move a job between states; False when it was not in one of ``from_states`` (already moved)."""
+        now = utcnow()
+        if to is JobState.RUNNING:
+            values.setdefault("started_at", now)
+        if to.finished:
+            values.setdefault("finished_at", now)
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(list(from_states)))
+                .values(state=to, **values)
+            )
+            return result.rowcount == 1
+
+    async def start_attempt(self, job_id: str) -> int | None:
+        """queued → running, counting the attempt; returns the attempt number, None if not queued."""
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
+                .returning(Job.attempts)
+            )
+            row = result.first()
+            return None if row is None else int(row[0])
+
+    async def finish(
+        self, job_id: str, images: Sequence[SavedImage], engine_seconds: float, model: str
+    ) -> bool:
+        """running → done with its images and one usage row, in one transaction. False if already done."""
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_([JobState.RUNNING, JobState.QUEUED]))
+                .values(
+                    state=JobState.DONE,
+                    finished_at=utcnow(),
+                    engine_seconds=engine_seconds,
+                    model=model or Job.model,
+                    error=None,
+                )
+                .returning(Job.user_id, Job.guild_id)
+            )
+            row = result.first()
+            if row is None:
+                return False
+            session.add_all(
+                Image(job_id=job_id, index=i.index, seed=i.seed, path=i.path, width=i.width, height=i.height)
+                for i in images
+            )
+            session.add(
+                Usage(
+                    job_id=job_id,
+                    user_id=row.user_id,
+                    guild_id=row.guild_id,
+                    images=len(images),
+                    engine_seconds=engine_seconds,
+                )
+            )
+            return True
+
+    async def mark_delivered(self, job_id: str, message_id: int | None) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(delivered_at=utcnow(), result_message_id=message_id)
+            )
+
+    async def set_status_message(
+        self, job_id: str, interaction_id: int | None, message_id: int | None
+    ) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(interaction_id=interaction_id, status_message_id=message_id)
+            )
+
+    async def unfinished(self) -> list[Job]:
+        """Jobs a restart must pick up again, oldest first."""
+        async with self.sessions() as session:
+            result = await session.execute(
+                select(Job).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING])).order_by(Job.created_at)
+            )
+            return list(result.scalars())
+
+    async def undelivered(self) -> list[Job]:
+        """Finished jobs whose result never reached Discord."""
+        async with self.sessions() as session:
+            result = await session.execute(
+                select(Job)
+                .where(
+                    Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
+                    Job.delivered_at.is_(None),
+                )
+                .order_by(Job.finished_at)
+            )
+            return list(result.scalars())
+
+    async def images_since(self, user_id: int, guild_id: int | None, since: dt.datetime) -> int:
+        async with self.sessions() as session:
+            result = await session.execute(
+                select(func.coalesce(func.sum(Usage.images), 0)).where(
+                    Usage.user_id == user_id, Usage.guild_id == guild_id, Usage.created_at >= since
+                )
+            )
+            return int(result.scalar_one())

@@ -1,0 +1,305 @@
+"""One validated settings object, read from the environment and `.env`.
+
+This is the only module that reads ``os.environ``. Every setting is declared once in ``SPECS`` (name,
+parser, default, one-line help); `.env.example` mirrors that table and a test keeps the two in step.
+A bad value stops the start with one line that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+DISCORD_API_BASE = "https://discord.com/api/v10"
+DISCORD_GATEWAY_URL = "wss://gateway.discord.gg"
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+class Secret:
+    """A string that never prints itself (the bot token): repr, str and f-strings show ``***``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _secret(raw: str) -> Secret:
+    return Secret(raw.strip())
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be at most {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _ids(raw: str) -> tuple[int, ...]:
+    parts = [p for p in re.split(r"[,\s]+", raw.strip()) if p]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"expected comma-separated numeric Discord ids, got {raw!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().rstrip("/")
+        if not any(value.startswith(s + "://") for s in schemes):
+            raise ValueError(f"expected a {' or '.join(schemes)} URL, got {value!r}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _device(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"expected auto, cpu, mps, cuda or cuda:N, got {raw!r}")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    value = raw.strip()
+    if "://" not in value:
+        raise ValueError(f"expected an SQLAlchemy URL such as sqlite+aiosqlite:///data/bot.db, got {value!r}")
+    # Users write plain sqlite:/// URLs; the bot is async, so use the aiosqlite driver for them.
+    if value.startswith("sqlite:///"):
+        value = "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None  # None: required
+    help: str
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("DISCORD_TOKEN", _secret, None, "Bot token from https://discord.com/developers/applications → Bot"),
+    Spec(
+        "DISCORD_API_BASE",
+        _url("http", "https"),
+        DISCORD_API_BASE,
+        "REST base URL (a proxy or a loopback Discord)",
+    ),
+    Spec("DISCORD_GATEWAY_URL", _url("ws", "wss"), DISCORD_GATEWAY_URL, "Gateway websocket URL"),
+    Spec(
+        "GUILD_IDS",
+        _ids,
+        "",
+        "Sync slash commands to these guilds at once (comma-separated) instead of globally",
+    ),
+    Spec("DATABASE_URL", _database_url, "sqlite+aiosqlite:///data/bot.db", "SQLAlchemy database URL"),
+    Spec("OUTPUT_DIR", _str, "data/images", "Folder where every generated image is saved as PNG"),
+    Spec("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Spec("MODEL", _str, DEFAULT_MODEL, "Hub id, local diffusers folder, or a .safetensors checkpoint file"),
+    Spec(
+        "MODELS_DIR",
+        _str,
+        "",
+        "Folder of checkpoint files users can pick by name (e.g. A1111 models/Stable-diffusion)",
+    ),
+    Spec("ALLOW_PICKLE_CHECKPOINTS", _bool, "false", "Allow .ckpt files (pickles run code when loaded)"),
+    Spec("DEVICE", _device, "auto", "auto, cpu, mps, cuda or cuda:N"),
+    Spec(
+        "DTYPE",
+        _choice("auto", "fp16", "bf16", "fp32"),
+        "auto",
+        "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32",
+    ),
+    Spec(
+        "ENGINE_TRANSPORT",
+        _choice("local", "nats"),
+        "local",
+        "local: engine processes on this machine; nats: remote workers",
+    ),
+    Spec(
+        "ENGINE_WORKERS", _int(1, 16), "1", "Engine worker processes to start (local transport; one per GPU)"
+    ),
+    Spec("ENGINE_MAX_BATCH", _int(1, 64), "4", "Most images one UNet batch runs together"),
+    Spec("ENGINE_ARGS", _str, "", "Extra flags for each engine worker, e.g. --compile or --cpu-offload"),
+    Spec("NATS_URL", _url("nats", "tls"), "nats://127.0.0.1:4222", "NATS server URL (nats transport)"),
+    Spec("DEFAULT_STEPS", _int(1, 150), "20", "Steps when the user gives none"),
+    Spec("DEFAULT_CFG", _str, "7", "CFG scale when the user gives none"),
+    Spec("DEFAULT_SAMPLER", _str, "DPM++ 2M Karras", "Sampler (A1111 name) when the user gives none"),
+    Spec(
+        "DEFAULT_SIZE",
+        _int(64, 2048),
+        "512",
+        "Side of a 1:1 image in pixels; other aspects keep its pixel count",
+    ),
+    Spec("PREVIEW_EVERY", _int(0, 150), "5", "Post a preview every N steps while a job runs (0: none)"),
+    Spec("QUEUE_CAP", _int(1, 100000), "500", "Most jobs queued across all guilds"),
+    Spec("ADMIN_USER_IDS", _ids, "", "User ids that may use admin commands in every guild"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    discord_token: Secret
+    discord_api_base: str
+    discord_gateway_url: str
+    guild_ids: tuple[int, ...]
+    database_url: str
+    output_dir: Path
+    log_level: str
+    model: str
+    models_dir: Path | None
+    allow_pickle_checkpoints: bool
+    device: str
+    dtype: str
+    engine_transport: str
+    engine_workers: int
+    engine_max_batch: int
+    engine_args: tuple[str, ...]
+    nats_url: str
+    default_steps: int
+    default_cfg: float
+    default_sampler: str
+    default_size: int
+    preview_every: int
+    queue_cap: int
+    admin_user_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Settings from ``environ`` (default: ``os.environ``) over the values in ``env_file``."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        parsed: dict[str, Any] = {}
+        for spec in SPECS:
+            raw = values.get(spec.name)
+            if raw is None or (raw.strip() == "" and spec.default is None):
+                if spec.default is None:
+                    raise SettingsError(f"{spec.name} is not set: {spec.help}")
+                raw = spec.default
+            try:
+                parsed[spec.name] = spec.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{spec.name}: {exc}") from None
+        return cls._build(parsed)
+
+    @classmethod
+    def _build(cls, p: dict[str, Any]) -> Settings:
+        try:
+            cfg = float(p["DEFAULT_CFG"])
+        except ValueError:
+            raise SettingsError(f"DEFAULT_CFG: expected a number, got {p['DEFAULT_CFG']!r}") from None
+        if not 1.0 <= cfg <= 30.0:
+            raise SettingsError(f"DEFAULT_CFG: must be between 1 and 30, got {cfg}")
+        if p["DEFAULT_SIZE"] % 64:
+            raise SettingsError(f"DEFAULT_SIZE: must be a multiple of 64, got {p['DEFAULT_SIZE']}")
+        from engine.sampler_names import SAMPLER_NAMES
+
+        if p["DEFAULT_SAMPLER"] not in SAMPLER_NAMES:
+            raise SettingsError(
+                f"DEFAULT_SAMPLER: unknown sampler {p['DEFAULT_SAMPLER']!r}; "
+                f"one of {', '.join(SAMPLER_NAMES)}"
+            )
+        models_dir = Path(p["MODELS_DIR"]).expanduser() if p["MODELS_DIR"] else None
+        if models_dir is not None and not models_dir.is_dir():
+            raise SettingsError(f"MODELS_DIR: {models_dir} is not a folder")
+        return cls(
+            discord_token=p["DISCORD_TOKEN"],
+            discord_api_base=p["DISCORD_API_BASE"],
+            discord_gateway_url=p["DISCORD_GATEWAY_URL"],
+            guild_ids=p["GUILD_IDS"],
+            database_url=p["DATABASE_URL"],
+            output_dir=Path(p["OUTPUT_DIR"]).expanduser(),
+            log_level=p["LOG_LEVEL"],
+            model=p["MODEL"],
+            models_dir=models_dir,
+            allow_pickle_checkpoints=p["ALLOW_PICKLE_CHECKPOINTS"],
+            device=p["DEVICE"],
+            dtype=p["DTYPE"],
+            engine_transport=p["ENGINE_TRANSPORT"],
+            engine_workers=p["ENGINE_WORKERS"],
+            engine_max_batch=p["ENGINE_MAX_BATCH"],
+            engine_args=tuple(p["ENGINE_ARGS"].split()),
+            nats_url=p["NATS_URL"],
+            default_steps=p["DEFAULT_STEPS"],
+            default_cfg=cfg,
+            default_sampler=p["DEFAULT_SAMPLER"],
+            default_size=p["DEFAULT_SIZE"],
+            preview_every=p["PREVIEW_EVERY"],
+            queue_cap=p["QUEUE_CAP"],
+            admin_user_ids=frozenset(p["ADMIN_USER_IDS"]),
+        )

@@ -1,0 +1,26 @@
+"""The bot ⇄ engine interface: submit, cancel, and one stream of events. Transports only carry;
+the JobManager decides order and admission."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from engine.protocol import Event, GenerateRequest
+
+
+class Transport(Protocol):
+    async def start(self) -> None:
+        """Start workers or connect; returns once jobs can be submitted."""
+
+    def free_slots(self) -> int:
+        """How many more jobs the workers can take right now (the manager dispatches up to this)."""
+
+    async def submit(self, request: GenerateRequest) -> None: ...
+
+    async def cancel(self, job_id: str) -> None: ...
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event from every worker, in arrival order, until :meth:`close`."""
+
+    async def close(self) -> None: ...

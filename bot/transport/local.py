@@ -1,0 +1,248 @@
+"""The local transport: engine worker processes on this machine, spoken to over OS pipes.
+
+Each worker is ``python -m engine worker ...``; frames (engine/protocol.py) go down its stdin and come
+back on its stdout, and its stderr is the bot's own so engine logs show in the same terminal. A worker
+that dies is started again; the jobs it held come back as retryable failures, and the JobManager
+decides whether to run them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from engine.protocol import (
+    Cancel,
+    Event,
+    GenerateRequest,
+    JobCancelled,
+    JobDone,
+    JobFailed,
+    ProtocolError,
+    Shutdown,
+    Submit,
+    WorkerReady,
+    frame,
+    read_frame_async,
+)
+
+log = logging.getLogger(__name__)
+
+_CLOSED = object()
+
+
+@dataclass(slots=True)
+class WorkerOptions:
+    model: str
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch: int = 4
+    models_dir: str | None = None
+    allow_pickle: bool = False
+    preview: bool = True
+    extra_args: Sequence[str] = ()
+    python: str = sys.executable
+    env: dict[str, str] | None = None  # None: inherit the bot's environment
+
+    def command(self, worker_id: str, device: str) -> list[str]:
+        cmd = [
+            self.python,
+            "-m",
+            "engine",
+            "worker",
+            "--model",
+            self.model,
+            "--device",
+            device,
+            "--dtype",
+            self.dtype,
+            "--max-batch",
+            str(self.max_batch),
+            "--worker-id",
+            worker_id,
+        ]
+        if self.models_dir:
+            cmd += ["--models-dir", self.models_dir]
+        if self.allow_pickle:
+            cmd.append("--allow-pickle")
+        return cmd + list(self.extra_args)
+
+
+@dataclass(slots=True)
+class _Worker:
+    worker_id: str
+    device: str
+    proc: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    max_batch: int = 1
+    inflight: set[str] = field(default_factory=set)
+    reader: asyncio.Task[None] | None = None
+    failures_before_ready: int = 0
+
+    @property
+    def capacity(self) -> int:
+        # One job beyond a full batch waits inside the worker, so the GPU never idles between batches.
+        return self.max_batch + 1 if self.ready else 0
+
+
+class LocalTransport:
+    def __init__(self, options: WorkerOptions, workers: int = 1, *, restart_delay: float = 1.0) -> None:
+        self.options = options
+        self.restart_delay = restart_delay
+        self._workers = [_Worker(f"local-{i}", self._device_for(i, workers)) for i in range(workers)]
+        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _device_for(self, index: int, count: int) -> str:
+        # One worker per GPU: with DEVICE=cuda and several workers, worker i gets cuda:i.
+        if count > 1 and self.options.device == "cuda":
+            return f"cuda:{index}"
+        return self.options.device
+
+    async def start(self) -> None:
+        # Returns at once: model loading can take minutes (a first download), and the bot should be
+        # online meanwhile. Jobs wait in the JobManager's queue until a worker reports ready.
+        for worker in self._workers:
+            await self._spawn(worker)
+
+    async def _spawn(self, worker: _Worker) -> None:
+        env = dict(os.environ if self.options.env is None else self.options.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        worker.ready = False
+        worker.proc = await asyncio.create_subprocess_exec(
+            *self.options.command(worker.worker_id, worker.device),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            env=env,
+        )
+        log.info("engine worker %s started (pid %s) on %s", worker.worker_id, worker.proc.pid, worker.device)
+        worker.reader = asyncio.create_task(self._read(worker), name=f"engine-{worker.worker_id}")
+
+    async def _read(self, worker: _Worker) -> None:
+        proc = worker.proc
+        assert proc is not None and proc.stdout is not None
+        try:
+            while True:
+                message = await read_frame_async(proc.stdout)
+                if message is None:
+                    break
+                self._on_message(worker, message)
+        except ProtocolError as exc:
+            log.error("engine worker %s sent a bad frame (%s); restarting it", worker.worker_id, exc)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        except asyncio.CancelledError:
+            raise
+        code = await proc.wait()
+        self._on_exit(worker, code)
+
+    def _on_message(self, worker: _Worker, message: object) -> None:
+        if isinstance(message, WorkerReady):
+            worker.ready = True
+            worker.max_batch = max(1, message.max_batch)
+            worker.failures_before_ready = 0
+            log.info("engine worker %s ready: %s on %s", worker.worker_id, message.model, message.device)
+        elif isinstance(message, JobDone | JobFailed | JobCancelled):
+            worker.inflight.discard(message.job_id)
+        self._events.put_nowait(message)
+
+    def _on_exit(self, worker: _Worker, code: int) -> None:
+        was_ready = worker.ready
+        worker.ready = False
+        lost = sorted(worker.inflight)
+        worker.inflight.clear()
+        for job_id in lost:
+            self._events.put_nowait(
+                JobFailed(job_id, f"the engine worker stopped (exit code {code})", retryable=True)
+            )
+        if self._closing:
+            return
+        if not was_ready:
+            worker.failures_before_ready += 1
+        # A worker that cannot even load its model must not spin: back off up to a minute.
+        delay = min(60.0, self.restart_delay * 2 ** max(0, worker.failures_before_ready - 1))
+        log.warning(
+            "engine worker %s exited with code %s; restarting in %.0f s", worker.worker_id, code, delay
+        )
+        task = asyncio.create_task(self._respawn_later(worker, delay))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _respawn_later(self, worker: _Worker, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._closing:
+            await self._spawn(worker)
+
+    def free_slots(self) -> int:
+        return sum(max(0, w.capacity - len(w.inflight)) for w in self._workers)
+
+    def worker_count(self) -> int:
+        return sum(1 for w in self._workers if w.ready)
+
+    async def submit(self, request: GenerateRequest) -> None:
+        candidates = [w for w in self._workers if w.capacity > len(w.inflight)]
+        if not candidates:
+            raise RuntimeError("no engine worker has a free slot")  # the manager checks free_slots first
+        worker = min(candidates, key=lambda w: len(w.inflight) / w.capacity)
+        worker.inflight.add(request.job_id)
+        if not await self._send(worker, Submit(request)):
+            worker.inflight.discard(request.job_id)
+            self._events.put_nowait(JobFailed(request.job_id, "the engine worker stopped", retryable=True))
+
+    async def cancel(self, job_id: str) -> None:
+        for worker in self._workers:
+            if job_id in worker.inflight:
+                await self._send(worker, Cancel(job_id))
+
+    async def _send(self, worker: _Worker, message: Submit | Cancel | Shutdown) -> bool:
+        proc = worker.proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            return False
+        try:
+            proc.stdin.write(frame(message))
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            return False  # the reader sees the exit and reports the worker's jobs
+        return True
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.proc is not None and w.proc.returncode is None]
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            item = await self._events.get()
+            if item is _CLOSED:
+                return
+            yield item  # type: ignore[misc]
+
+    async def close(self, grace: float = 10.0) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in self._workers:
+            proc = worker.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            await self._send(worker, Shutdown())
+            with contextlib.suppress(Exception):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                log.warning("engine worker %s did not stop in %.0f s; killing it", worker.worker_id, grace)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for worker in self._workers:
+            if worker.reader is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(worker.reader, 5)
+        self._events.put_nowait(_CLOSED)

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from bot.settings import SPECS, Secret, Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_with_only_a_token():
+    s = Settings.from_env({"DISCORD_TOKEN": "abc"}, env_file=None)
+    assert s.discord_token.get() == "abc"
+    assert s.discord_api_base == "https://discord.com/api/v10"
+    assert s.database_url.startswith("sqlite+aiosqlite:///")
+    assert s.guild_ids == ()
+    assert s.device == "auto"
+
+
+def test_missing_token_names_it():
+    with pytest.raises(SettingsError, match="^DISCORD_TOKEN is not set"):
+        Settings.from_env({}, env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GUILD_IDS", "12,abc"),
+        ("DEVICE", "tpu"),
+        ("ENGINE_WORKERS", "0"),
+        ("DISCORD_API_BASE", "ftp://x"),
+        ("DEFAULT_SAMPLER", "Fast"),
+        ("DEFAULT_CFG", "seven"),
+        ("DEFAULT_SIZE", "500"),
+        ("LOG_LEVEL", "LOUD"),
+        ("ALLOW_PICKLE_CHECKPOINTS", "maybe"),
+    ],
+)
+def test_bad_value_names_the_setting(name, value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"DISCORD_TOKEN": "abc", name: value}, env_file=None)
+    assert str(err.value).startswith(name)
+    assert "\n" not in str(err.value)
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("DISCORD_TOKEN=fromfile\nGUILD_IDS=1, 2\nLOG_LEVEL=debug\n")
+    s = Settings.from_env({"LOG_LEVEL": "WARNING"}, env_file=env)
+    assert s.discord_token.get() == "fromfile"
+    assert s.guild_ids == (1, 2)
+    assert s.log_level == "WARNING"
+
+
+def test_plain_sqlite_url_gets_the_async_driver():
+    s = Settings.from_env({"DISCORD_TOKEN": "t", "DATABASE_URL": "sqlite:///x.db"}, env_file=None)
+    assert s.database_url == "sqlite+aiosqlite:///x.db"
+
+
+def test_token_never_prints():
+    s = Settings.from_env({"DISCORD_TOKEN": "supersecret"}, env_file=None)
+    assert "supersecret" not in repr(s)
+    assert "supersecret" not in str(Secret("supersecret"))
+    assert "supersecret" not in f"{s.discord_token}"
+
+
+def test_env_example_lists_every_setting_with_a_comment():
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for spec in SPECS:
+        idx = next((i for i, line in enumerate(lines) if line.startswith(spec.name + "=")), None)
+        assert idx is not None, f"{spec.name} missing from .env.example"
+        assert lines[idx - 1].startswith("#"), f"{spec.name} has no comment in .env.example"
+        if spec.default is not None:
+            assert lines[idx] == f"{spec.name}={spec.default}", f"{spec.name} default differs"
