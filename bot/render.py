@@ -29,3 +29,25 @@ def grid(pngs: Sequence[bytes]) -> bytes:
     out = io.BytesIO()
     sheet.save(out, format="PNG", optimize=False, compress_level=3)
     return out.getvalue()
+
+
+def fit(png: bytes, limit: int) -> tuple[bytes, str]:
+    """The picture in at most ``limit`` bytes, and its file extension.
+
+    A grid of four 1024² images can pass Discord's 10 MiB (or a smaller server's) upload limit; a
+    refused upload loses the result, so re-encode smaller instead: WebP at falling quality, then JPEG,
+    then halve the size and start over.
+    """
+    if len(png) <= limit:
+        return png, "png"
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    while True:
+        for fmt, ext in (("WEBP", "webp"), ("JPEG", "jpg")):
+            for quality in (90, 80, 65, 50, 35):
+                out = io.BytesIO()
+                image.save(out, format=fmt, quality=quality)
+                if out.tell() <= limit:
+                    return out.getvalue(), ext
+        if image.width <= 64 or image.height <= 64:
+            raise ValueError(f"cannot fit the picture into {limit} bytes")
+        image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)

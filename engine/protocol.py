@@ -60,6 +60,7 @@ class GenerateRequest:
     init_image: bytes | None = None  # PNG/JPEG/WebP bytes for img2img and upscale
     priority: int = 0
     preview_every: int = 0  # send a preview image every N steps; 0: none
+    safety_check: bool = False  # run the configured safety checker (channels not marked NSFW)
 
     def __post_init__(self) -> None:
         self.kind = JobKind(self.kind)
@@ -116,6 +117,7 @@ class ImageResult:
     index: int
     seed: int
     png: bytes
+    nsfw: bool = False  # the safety checker flagged it: the bot must not post it
 
 
 @dataclass(slots=True)

@@ -20,19 +20,37 @@ log = logging.getLogger(__name__)
 
 TOKEN_SAFE_AGE = dt.timedelta(minutes=14)  # Discord kills interaction tokens at 15 minutes
 PROGRESS_MIN_INTERVAL = 1.5  # seconds between progress edits of one message (rate limits: 5 per 5 s)
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit without boosts
 
 
 @dataclass(slots=True)
 class LiveReply:
-    """The interaction a job answers, while its token is usable."""
+    """The message that tells a user about their job: an interaction's reply, or (for 🔄 reactions,
+    which have no interaction) a plain channel message of the bot's."""
 
-    interaction: discord.Interaction
+    interaction: discord.Interaction | None = None
+    message: discord.Message | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_edit: float = 0.0
     finished: bool = False
 
-    def token_alive(self) -> bool:
-        return discord.utils.utcnow() - self.interaction.created_at < TOKEN_SAFE_AGE
+    def alive(self) -> bool:
+        if self.interaction is not None:
+            return discord.utils.utcnow() - self.interaction.created_at < TOKEN_SAFE_AGE
+        return self.message is not None
+
+    @property
+    def upload_limit(self) -> int:
+        if self.interaction is not None:
+            return self.interaction.filesize_limit or DEFAULT_UPLOAD_LIMIT
+        guild = self.message.guild if self.message is not None else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    async def edit(self, **fields: object) -> discord.Message:
+        if self.interaction is not None:
+            return await self.interaction.edit_original_response(**fields)  # type: ignore[arg-type]
+        assert self.message is not None
+        return await self.message.edit(**fields)  # type: ignore[arg-type]
 
 
 def is_dead_token(exc: discord.HTTPException) -> bool:
@@ -42,7 +60,7 @@ def is_dead_token(exc: discord.HTTPException) -> bool:
 
 async def edit_progress(reply: LiveReply, **fields: object) -> None:
     """A best-effort status edit: skipped while another edit runs or if the last one was too recent."""
-    if reply.finished or reply.lock.locked() or not reply.token_alive():
+    if reply.finished or reply.lock.locked() or not reply.alive():
         return
     if time.monotonic() - reply.last_edit < PROGRESS_MIN_INTERVAL:
         return
@@ -51,7 +69,7 @@ async def edit_progress(reply: LiveReply, **fields: object) -> None:
             return
         reply.last_edit = time.monotonic()
         try:
-            await reply.interaction.edit_original_response(**fields)  # type: ignore[arg-type]
+            await reply.edit(**fields)
         except discord.HTTPException as exc:
             log.debug("progress edit failed: %s", exc)
 
@@ -59,10 +77,10 @@ async def edit_progress(reply: LiveReply, **fields: object) -> None:
 async def edit_status(reply: LiveReply, **fields: object) -> None:
     """A status edit that is not throttled (queued, started), still skipped once the job finished."""
     async with reply.lock:
-        if reply.finished or not reply.token_alive():
+        if reply.finished or not reply.alive():
             return
         reply.last_edit = time.monotonic()
         try:
-            await reply.interaction.edit_original_response(**fields)  # type: ignore[arg-type]
+            await reply.edit(**fields)
         except discord.HTTPException as exc:
             log.debug("status edit failed: %s", exc)

@@ -1,0 +1,123 @@
+"""Turning a request (a slash command, a button, a reaction) into a queued job.
+
+Two steps, so that every refusal can be answered ephemerally before anything is written or shown:
+:func:`prepare` validates and checks limits (no writes), then :func:`submit` records and queues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.db.models import Job
+from bot.jobs.manager import Ticket, new_job_id
+from bot.jobs.policy import Defaults, Limits, Params, PolicyError, resolve
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who asked, and where."""
+
+    guild_id: int | None
+    guild_name: str
+    channel_id: int
+    user_id: int
+    user_name: str
+    role_ids: tuple[int, ...] = ()
+    nsfw_channel: bool = False
+
+    @classmethod
+    def of(cls, interaction: discord.Interaction) -> Origin:
+        user = interaction.user
+        roles = tuple(r.id for r in user.roles) if isinstance(user, discord.Member) else ()
+        channel = interaction.channel
+        nsfw = bool(getattr(channel, "nsfw", False)) if channel is not None else False
+        return cls(
+            guild_id=interaction.guild_id,
+            guild_name=interaction.guild.name if interaction.guild else "",
+            channel_id=interaction.channel_id or 0,
+            user_id=user.id,
+            user_name=str(user),
+            role_ids=roles,
+            nsfw_channel=nsfw,
+        )
+
+
+@dataclass(slots=True)
+class Prepared:
+    job: Job
+    origin: Origin
+    init_image: bytes | None = None
+
+
+def defaults_of(bot: ImagineBot) -> Defaults:
+    s = bot.settings
+    return Defaults(steps=s.default_steps, cfg=s.default_cfg, sampler=s.default_sampler, size=s.default_size)
+
+
+async def prepare(
+    bot: ImagineBot,
+    origin: Origin,
+    params: Params,
+    *,
+    kind: str = "txt2img",
+    init_image: bytes | None = None,
+    init_image_path: str | None = None,
+    size: tuple[int, int] | None = None,
+    parent: Job | None = None,
+    parent_index: int | None = None,
+) -> Prepared:
+    """Validate ``params`` for ``origin``; raise PolicyError (a friendly message) on any refusal."""
+    limits = Limits()
+    resolved = resolve(params, defaults_of(bot), limits)
+    width, height = size or (resolved.width, resolved.height)
+    if width * height > limits.max_pixels:
+        raise PolicyError(
+            f"{width}×{height} is {width * height:,} pixels; the most here is {limits.max_pixels:,}."
+        )
+    job = Job(
+        id=new_job_id(),
+        guild_id=origin.guild_id,
+        channel_id=origin.channel_id,
+        user_id=origin.user_id,
+        kind=kind,
+        prompt=resolved.prompt,
+        negative_prompt=resolved.negative,
+        seed=resolved.seed,
+        steps=resolved.steps,
+        cfg_scale=resolved.cfg,
+        sampler=resolved.sampler,
+        width=width,
+        height=height,
+        count=resolved.count,
+        model=resolved.model,
+        strength=resolved.strength if kind != "txt2img" else None,
+        init_image_path=init_image_path,
+        parent_job_id=parent.id if parent else None,
+        parent_index=parent_index,
+        priority=0,
+    )
+    return Prepared(job, origin, init_image)
+
+
+async def submit(
+    bot: ImagineBot,
+    prepared: Prepared,
+    *,
+    status_message_id: int | None = None,
+    interaction_id: int | None = None,
+) -> Ticket:
+    job = prepared.job
+    job.status_message_id = status_message_id
+    job.interaction_id = interaction_id
+    return await bot.jobs.submit(
+        job,
+        guild_name=prepared.origin.guild_name,
+        user_name=prepared.origin.user_name,
+        init_image=prepared.init_image,
+    )
