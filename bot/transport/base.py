@@ -16,6 +16,9 @@ class Transport(Protocol):
     def free_slots(self) -> int:
         """How many more jobs the workers can take right now (the manager dispatches up to this)."""
 
+    def worker_count(self) -> int:
+        """Workers ready now (for wait estimates: the queue drains this many jobs at a time)."""
+
     async def submit(self, request: GenerateRequest) -> None: ...
 
     async def cancel(self, job_id: str) -> None: ...
