@@ -10,13 +10,15 @@ from discord.ext import commands
 
 from bot.db import Database
 from bot.db.jobs import JobStore
+from bot.db.moderation import ModerationStore
+from bot.jobs.admission import Admission
 from bot.jobs.manager import JobManager
 from bot.settings import Settings
 from bot.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.imagine",)
+EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.admin", "bot.cogs.usage")
 
 # What the bot needs in a channel: see it, post results with files and embeds, reply to the author,
 # and add the 🔄 reaction to its results.
@@ -49,8 +51,13 @@ def make_transport(settings: Settings) -> Transport:
             models_dir=str(settings.models_dir) if settings.models_dir else None,
             allow_pickle=settings.allow_pickle_checkpoints,
             extra_args=settings.engine_args,
+            safety_checker=settings.safety_checker or None,
         )
         return LocalTransport(options, settings.engine_workers)
+    if settings.engine_transport == "nats":
+        from bot.transport.nats import NatsTransport
+
+        return NatsTransport(settings.nats_url)  # workers: python -m engine serve --nats URL
     raise NotImplementedError(f"ENGINE_TRANSPORT={settings.engine_transport} is not available yet")
 
 
@@ -69,6 +76,7 @@ class ImagineBot(commands.Bot):
             settings.output_dir,
             preview_every=settings.preview_every,
         )
+        self.admission = Admission(ModerationStore(self.db.sessions), settings)
 
     async def setup_hook(self) -> None:
         await self.db.migrate()

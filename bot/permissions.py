@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 def is_admin(settings: Settings, user: discord.abc.User, permissions: discord.Permissions | None) -> bool:
-    """Manage Server or Administrator in this guild, or listed in ADMIN_USER_IDS."""
+    """Manage Server or Administrator in this guild, a role listed in ADMIN_ROLE_IDS, or ADMIN_USER_IDS."""
     if user.id in settings.admin_user_ids:
+        return True
+    if isinstance(user, discord.Member) and any(r.id in settings.admin_role_ids for r in user.roles):
         return True
     return permissions is not None and (permissions.manage_guild or permissions.administrator)

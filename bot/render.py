@@ -51,3 +51,10 @@ def fit(png: bytes, limit: int) -> tuple[bytes, str]:
         if image.width <= 64 or image.height <= 64:
             raise ValueError(f"cannot fit the picture into {limit} bytes")
         image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+
+
+def placeholder(width: int, height: int) -> bytes:
+    """A dark tile standing in for a picture that must not be shown (flagged by the safety checker)."""
+    out = io.BytesIO()
+    Image.new("RGB", (max(1, width), max(1, height)), (32, 32, 32)).save(out, format="PNG")
+    return out.getvalue()

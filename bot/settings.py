@@ -205,6 +205,25 @@ SPECS: tuple[Spec, ...] = (
     Spec("PREVIEW_EVERY", _int(0, 150), "5", "Post a preview every N steps while a job runs (0: none)"),
     Spec("QUEUE_CAP", _int(1, 100000), "500", "Most jobs queued across all guilds"),
     Spec("ADMIN_USER_IDS", _ids, "", "User ids that may use admin commands in every guild"),
+    Spec("ADMIN_ROLE_IDS", _ids, "", "Role ids whose members may use admin commands (in those roles' guild)"),
+    Spec(
+        "SAFETY_CHECKER",
+        _str,
+        "",
+        "Safety checker folder the engine runs for channels not marked NSFW (empty: none)",
+    ),
+    Spec("DEFAULT_DAILY_IMAGES", _int(0, 1_000_000), "200", "Images per user per day (resets 00:00 UTC)"),
+    Spec("DEFAULT_QUEUED_JOBS", _int(0, 1_000), "10", "Jobs one user may have queued or running"),
+    Spec("DEFAULT_COOLDOWN_SECONDS", _int(0, 86_400), "0", "Seconds a user waits between two jobs"),
+    Spec("DEFAULT_MAX_STEPS", _int(1, 150), "50", "Most sampling steps per job"),
+    Spec(
+        "DEFAULT_MAX_PIXELS",
+        _int(64 * 64, 2048 * 2048),
+        "1572864",
+        "Most pixels per image, width × height (room for 2× upscales of 512-pixel pictures)",
+    ),
+    Spec("DEFAULT_MAX_COUNT", _int(1, 16), "4", "Most images per job"),
+    Spec("DEFAULT_ALLOW_IMG2IMG", _bool, "true", "Allow variations, upscales and image prompts"),
 )
 
 
@@ -234,6 +253,16 @@ class Settings:
     preview_every: int
     queue_cap: int
     admin_user_ids: frozenset[int] = field(default_factory=frozenset)
+    admin_role_ids: frozenset[int] = field(default_factory=frozenset)
+    safety_checker: str = ""
+    # Limits where no admin set one (bot/jobs/limits.py): guild, role and user overrides beat these.
+    default_daily_images: int = 200
+    default_queued_jobs: int = 10
+    default_cooldown_seconds: int = 0
+    default_max_steps: int = 50
+    default_max_pixels: int = 1536 * 1024
+    default_max_count: int = 4
+    default_allow_img2img: bool = True
 
     @classmethod
     def from_env(
@@ -302,4 +331,13 @@ class Settings:
             preview_every=p["PREVIEW_EVERY"],
             queue_cap=p["QUEUE_CAP"],
             admin_user_ids=frozenset(p["ADMIN_USER_IDS"]),
+            admin_role_ids=frozenset(p["ADMIN_ROLE_IDS"]),
+            safety_checker=p["SAFETY_CHECKER"],
+            default_daily_images=p["DEFAULT_DAILY_IMAGES"],
+            default_queued_jobs=p["DEFAULT_QUEUED_JOBS"],
+            default_cooldown_seconds=p["DEFAULT_COOLDOWN_SECONDS"],
+            default_max_steps=p["DEFAULT_MAX_STEPS"],
+            default_max_pixels=p["DEFAULT_MAX_PIXELS"],
+            default_max_count=p["DEFAULT_MAX_COUNT"],
+            default_allow_img2img=p["DEFAULT_ALLOW_IMG2IMG"],
         )

@@ -21,6 +21,7 @@ class SavedImage:
     path: str
     width: int
     height: int
+    nsfw: bool = False  # flagged by the safety checker: kept on disk, never posted
 
 
 class JobStore:
@@ -108,7 +109,15 @@ class JobStore:
             if row is None:
                 return False
             session.add_all(
-                Image(job_id=job_id, index=i.index, seed=i.seed, path=i.path, width=i.width, height=i.height)
+                Image(
+                    job_id=job_id,
+                    index=i.index,
+                    seed=i.seed,
+                    path=i.path,
+                    width=i.width,
+                    height=i.height,
+                    nsfw=i.nsfw,
+                )
                 for i in images
             )
             session.add(

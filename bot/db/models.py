@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -113,6 +115,8 @@ class Job(Base):
     parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
     parent_index: Mapped[int | None] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # Run the safety checker on this job's images (set at admission: SAFETY_CHECKER on, channel not NSFW).
+    safety_check: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     state: Mapped[JobState] = mapped_column(
         Enum(JobState, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
         default=JobState.QUEUED,
@@ -149,6 +153,8 @@ class Image(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Flagged by the safety checker: kept on disk, never posted.
+    nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     job: Mapped[Job] = relationship(back_populates="images")
 
@@ -172,3 +178,71 @@ class Usage(Base):
         Index("ix_usage_user_created", "user_id", "created_at"),
         Index("ix_usage_guild_created", "guild_id", "created_at"),
     )
+
+
+# ------------------------------------------------------------------------------ limits and moderation
+# Keyed by Discord ids without foreign keys: an admin can configure a guild (or ban a user) before the
+# guild or the user ever made a job, so there may be no guilds/users row to point at.
+
+
+class LimitOverride(Base):
+    """One admin-set limit: for the whole guild, a role, or one user (bot/jobs/limits.py resolves them)."""
+
+    __tablename__ = "limit_overrides"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    scope: Mapped[str] = mapped_column(String(8))  # guild | role | user
+    target_id: Mapped[int] = mapped_column(BigInteger)  # the guild, role or user id
+    name: Mapped[str] = mapped_column(String(32))
+    value: Mapped[int] = mapped_column(BigInteger)
+    updated_by: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("guild_id", "scope", "target_id", "name", name="uq_limit_overrides_target"),
+    )
+
+
+class Ban(Base):
+    __tablename__ = "bans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    banned_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("guild_id", "user_id", name="uq_bans_guild_user"),)
+
+
+class BlockedTerm(Base):
+    """A word, phrase or ``/regex/`` refused in prompts of one guild."""
+
+    __tablename__ = "blocked_terms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    term: Mapped[str] = mapped_column(String(200))
+    added_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("guild_id", "term", name="uq_blocked_terms_guild_term"),)
+
+
+class AuditEntry(Base):
+    """Every admin change: who, when, what, and the value before and after."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    actor_id: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(32))  # limits.set, ban, blocklist.add, job.cancel, ...
+    target: Mapped[str] = mapped_column(String(200))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_audit_log_guild_created", "guild_id", "created_at"),)

@@ -140,7 +140,7 @@ class JobManager:
             ahead.append(self._jobs[queued.job_id])
             if queued.job_id == job_id:
                 break
-        return self.speed.estimate(ahead, getattr(self.transport, "worker_count", lambda: 1)() or 1)
+        return self.speed.estimate(ahead, self.transport.worker_count() or 1)
 
     def position(self, job_id: str) -> int | None:
         return self.queue.position(job_id)
@@ -212,6 +212,7 @@ class JobManager:
             init_image=init,
             priority=job.priority,
             preview_every=self.preview_every,
+            safety_check=bool(job.safety_check),
         )
 
     # -------------------------------------------------------------------------------------- events
@@ -313,7 +314,7 @@ class JobManager:
             tmp.write_bytes(image.png)
             tmp.replace(path)  # atomic: a reader never sees half a file
             width, height = _png_size(image.png) or (job.width, job.height)
-            saved.append(SavedImage(image.index, image.seed, str(path), width, height))
+            saved.append(SavedImage(image.index, image.seed, str(path), width, height, image.nsfw))
         return saved
 
     def _save_input(self, job_id: str, data: bytes) -> Path:

@@ -44,8 +44,8 @@ class WorkerOptions:
     max_batch: int = 4
     models_dir: str | None = None
     allow_pickle: bool = False
-    preview: bool = True
     extra_args: Sequence[str] = ()
+    safety_checker: str | None = None  # SAFETY_CHECKER: checks images of jobs that ask for it
     python: str = sys.executable
     env: dict[str, str] | None = None  # None: inherit the bot's environment
 
@@ -70,6 +70,8 @@ class WorkerOptions:
             cmd += ["--models-dir", self.models_dir]
         if self.allow_pickle:
             cmd.append("--allow-pickle")
+        if self.safety_checker:
+            cmd += ["--safety-checker", self.safety_checker]
         return cmd + list(self.extra_args)
 
 
@@ -114,6 +116,7 @@ class LocalTransport:
     async def _spawn(self, worker: _Worker) -> None:
         env = dict(os.environ if self.options.env is None else self.options.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.pop("DISCORD_TOKEN", None)  # the engine has no use for the bot's secret
         worker.ready = False
         worker.proc = await asyncio.create_subprocess_exec(
             *self.options.command(worker.worker_id, worker.device),

@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.imagine._delivery import LiveReply, edit_progress, edit_status, is_dead_token
+from bot.cogs.imagine._delivery import LiveReply, edit_progress, edit_status, find_posted, is_dead_token
 from bot.cogs.imagine._submit import Origin, Prepared, prepare, submit
 from bot.cogs.imagine._views import JobButton, cancel_view, result_view
 from bot.db.models import Job, JobState
@@ -22,7 +22,7 @@ from bot.jobs.events import JobFinished, JobProgress, JobQueued, JobStarted, Man
 from bot.jobs.policy import ASPECTS, Params, PolicyError, aspect_size, parse_flags
 from bot.models_dir import available_models
 from bot.permissions import is_admin
-from bot.render import fit, grid
+from bot.render import fit, grid, placeholder
 from engine.pnginfo import read_png_parameters
 from engine.sampler_names import SAMPLER_NAMES
 
@@ -310,10 +310,23 @@ class ImagineCog(commands.Cog):
         picture: bytes | None = None
         view: discord.ui.View | None = None
         if job.state is JobState.DONE:
-            pngs = await asyncio.to_thread(lambda: [Path(i.path).read_bytes() for i in job.images])
-            picture = await asyncio.to_thread(grid, pngs)
+            # Pictures the safety checker flagged are never posted; a dark tile keeps U1–U4 in place.
+            pngs = await asyncio.to_thread(
+                lambda: [
+                    placeholder(i.width, i.height) if i.nsfw else Path(i.path).read_bytes()
+                    for i in job.images
+                ]
+            )
             content = f"{self._headline(job)}\n{describe(job)}"
-            view = result_view(job)
+            flagged = sum(1 for i in job.images if i.nsfw)
+            if flagged:
+                content += (
+                    f"\n🔞 {flagged} of {len(job.images)} pictures were held back by the safety checker "
+                    "(this channel is not marked NSFW)."
+                )
+            if flagged < len(job.images):
+                picture = await asyncio.to_thread(grid, pngs)
+                view = result_view(job)
         elif job.state is JobState.CANCELLED:
             content = f"{self._headline(job)}\n🚫 Cancelled."
         else:
@@ -342,6 +355,8 @@ class ImagineCog(commands.Cog):
                         log.warning(
                             "editing the reply for job %s failed (%s); posting in the channel", job.id, exc
                         )
+        if message is None and reply is None:
+            message = await find_posted(self.bot, job)  # posted by a run killed before it could record it
         if message is None:
             message = await self._post_in_channel(job, content, files, view, mentions)
         if message is None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import discord
 
+from bot.db.models import Job, JobState
+
 log = logging.getLogger(__name__)
 
 TOKEN_SAFE_AGE = dt.timedelta(minutes=14)  # Discord kills interaction tokens at 15 minutes
@@ -84,3 +86,35 @@ async def edit_status(reply: LiveReply, **fields: object) -> None:
             await reply.edit(**fields)
         except discord.HTTPException as exc:
             log.debug("status edit failed: %s", exc)
+
+
+async def find_posted(client: discord.Client, job: Job) -> discord.Message | None:
+    """A result that a previous run already put on Discord but was killed before recording it
+    (between the upload and writing ``delivered_at``): the job's own status message, or a message of
+    the bot's in the channel since the job was made, carrying the job's picture. Best effort: without
+    history access it returns None and the result is posted (again)."""
+    if job.state is not JobState.DONE or client.user is None:
+        return None
+    me = client.user.id
+
+    def carries(message: discord.Message) -> bool:
+        return message.author.id == me and any(
+            a.filename.startswith(f"{job.id}.") for a in message.attachments
+        )
+
+    channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+    if job.status_message_id:
+        try:
+            status = await channel.fetch_message(job.status_message_id)
+            if carries(status):
+                return status
+        except discord.HTTPException as exc:  # deleted meanwhile: the channel may still hold the result
+            log.debug("status message of job %s is gone: %s", job.id, exc)
+    try:
+        since = discord.Object(discord.utils.time_snowflake(job.created_at))
+        async for message in channel.history(limit=100, after=since):
+            if carries(message):
+                return message
+    except discord.HTTPException as exc:
+        log.debug("could not look for an earlier post of job %s: %s", job.id, exc)
+    return None

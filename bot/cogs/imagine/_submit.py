@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.db.models import Job
-from bot.jobs.manager import Ticket, new_job_id
-from bot.jobs.policy import Defaults, Limits, Params, PolicyError, resolve
+from bot.jobs.manager import Ticket
+from bot.jobs.policy import Defaults, Params
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -73,15 +73,11 @@ async def prepare(
     parent_index: int | None = None,
 ) -> Prepared:
     """Validate ``params`` for ``origin``; raise PolicyError (a friendly message) on any refusal."""
-    limits = Limits()
-    resolved = resolve(params, defaults_of(bot), limits)
-    width, height = size or (resolved.width, resolved.height)
-    if width * height > limits.max_pixels:
-        raise PolicyError(
-            f"{width}×{height} is {width * height:,} pixels; the most here is {limits.max_pixels:,}."
-        )
+    # Limits, bans, blocked terms and quotas (bot/jobs/admission.py); raises PolicyError, writes nothing.
+    admitted = await bot.admission.admit(origin, params, defaults_of(bot), kind=kind, size=size)
+    resolved, width, height = admitted.resolved, admitted.width, admitted.height
     job = Job(
-        id=new_job_id(),
+        id=admitted.job_id,
         guild_id=origin.guild_id,
         channel_id=origin.channel_id,
         user_id=origin.user_id,
@@ -100,7 +96,8 @@ async def prepare(
         init_image_path=init_image_path,
         parent_job_id=parent.id if parent else None,
         parent_index=parent_index,
-        priority=0,
+        priority=admitted.priority,
+        safety_check=admitted.safety_check,
     )
     return Prepared(job, origin, init_image)
 

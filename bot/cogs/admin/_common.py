@@ -1,0 +1,143 @@
+"""What the admin and usage commands share: the in-bot admin check, one error handler that turns every
+failure into a short ephemeral answer (never a traceback), and small formatting helpers.
+
+Discord's own gate (``default_permissions``) hides admin commands from members without Manage Server,
+but a guild can loosen it in its integration settings; the check here runs on every call regardless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.jobs.policy import PolicyError
+from bot.permissions import is_admin
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ADMIN_PERMISSIONS = discord.Permissions(manage_guild=True)
+MAX_MESSAGE = 1900  # Discord allows 2000 characters; leave room for a "…and N more" line
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class NotAdmin(app_commands.CheckFailure):
+    """The caller is not an admin of the guild the command was used in."""
+
+
+def caller_is_admin(interaction: discord.Interaction) -> bool:
+    bot: ImagineBot = interaction.client  # type: ignore[assignment]
+    return interaction.guild_id is not None and is_admin(
+        bot.settings, interaction.user, interaction.permissions
+    )
+
+
+def admin_only() -> Callable[[T], T]:
+    """The in-bot half of the admin gate: Manage Server, Administrator, ADMIN_ROLE_IDS or ADMIN_USER_IDS,
+    in the guild the command is used in (so an admin of guild A has no say in guild B)."""
+
+    async def predicate(interaction: discord.Interaction) -> bool:
+        if interaction.guild_id is None:
+            raise app_commands.NoPrivateMessage()
+        if not caller_is_admin(interaction):
+            raise NotAdmin()
+        return True
+
+    return app_commands.check(predicate)
+
+
+async def reply(interaction: discord.Interaction, content: str, *, ephemeral: bool = True) -> None:
+    """Answer the interaction, or follow up when it was already answered (a deferred command)."""
+    content = clip(content)
+    if interaction.response.is_done():
+        await interaction.followup.send(content, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(content, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def lines_within(lines: list[str], limit: int = MAX_MESSAGE) -> str:
+    """Whole lines up to ``limit`` characters, then how many were left out."""
+    out: list[str] = []
+    used = 0
+    for i, line in enumerate(lines):
+        if used + len(line) + 1 > limit - 30:
+            out.append(f"…and {len(lines) - i} more")
+            break
+        out.append(line)
+        used += len(line) + 1
+    return "\n".join(out)
+
+
+def safe(text: str, limit: int = 80) -> str:
+    """User-supplied text shown back: one line, no pings, no markdown surprises, bounded."""
+    text = discord.utils.escape_mentions(discord.utils.escape_markdown(" ".join(text.split())))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def code(text: str, limit: int = 100) -> str:
+    """User-supplied text inside `inline code`: markdown is not rendered there, only backticks break out."""
+    text = " ".join(text.split()).replace("`", "ˋ")
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"`{text}`"
+
+
+def stamp(moment: dt.datetime, style: str = "R") -> str:
+    """A Discord timestamp: rendered in the reader's own time zone."""
+    return f"<t:{int(moment.timestamp())}:{style}>"
+
+
+def seconds(value: float) -> str:
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+class FriendlyErrors(commands.Cog):
+    """A cog whose command errors become ephemeral explanations, logged when unexpected."""
+
+    async def cog_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        original: BaseException = error
+        if isinstance(error, app_commands.CommandInvokeError):
+            original = error.original
+        if isinstance(original, NotAdmin):
+            text = "🔒 Only this server's admins (Manage Server, or a bot admin role) can use that command."
+        elif isinstance(original, app_commands.NoPrivateMessage):
+            text = "That command only works in a server, not in direct messages."
+        elif isinstance(original, PolicyError):
+            text = f"⚠️ {original}"
+        elif isinstance(original, app_commands.TransformerError):
+            text = (
+                f"⚠️ I couldn't understand the value `{safe(str(original.value), 40)}`; please pick it again."
+            )
+        elif isinstance(original, app_commands.CheckFailure):
+            text = "🔒 You can't use that command here."
+        else:
+            log.error(
+                "command %s failed in guild %s",
+                interaction.command.qualified_name if interaction.command else "?",
+                interaction.guild_id,
+                exc_info=original,
+            )
+            text = "❌ Sorry, something went wrong on my side. Please try again in a moment."
+        try:
+            await reply(interaction, text)
+        except discord.HTTPException as exc:
+            log.info("could not send an error reply: %s", exc)

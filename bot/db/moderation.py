@@ -1,0 +1,392 @@
+"""Queries behind limits, moderation and usage: overrides, bans, blocked terms, the audit log, and the
+aggregates for /usage and /stats.
+
+Every admin change is written together with its audit entry in one transaction: either both are there
+or neither is. Values cross this boundary as plain data (strings and ints); their meaning lives in
+bot/jobs/limits.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db.models import AuditEntry, Ban, BlockedTerm, Job, JobState, LimitOverride, Usage, User, utcnow
+
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRow:
+    scope: str
+    target_id: int
+    name: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class BanRow:
+    user_id: int
+    reason: str
+    banned_by: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    actor_id: int
+    action: str
+    target: str
+    old_value: str | None
+    new_value: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GuildRules:
+    """What admission needs to know about one guild and one user, read in one session."""
+
+    overrides: list[OverrideRow]
+    ban: BanRow | None
+    terms: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One user's recent activity in a guild, for quotas."""
+
+    active_jobs: int  # queued or running
+    active_images: int  # images those jobs will make
+    images_today: int  # finished since the start of the day
+    last_job_at: dt.datetime | None
+    queued_total: int  # queued jobs across every guild (the global QUEUE_CAP)
+    known_job_ids: frozenset[str]  # which of the asked-about job ids exist (admission's reservations)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    images: int = 0
+    engine_seconds: float = 0.0
+    jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserUsage:
+    today: Totals
+    month: Totals
+    all_time: Totals
+
+
+@dataclass(frozen=True, slots=True)
+class TopUser:
+    user_id: int
+    name: str
+    images: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuildStats:
+    all_time: Totals
+    today: Totals
+    users: int
+    top: list[TopUser]
+    average_wait: float | None  # seconds from queued to started
+    failed: int
+    cancelled: int
+
+
+def _guild_is(column: object, guild_id: int | None) -> object:
+    # `col == None` renders IS NULL: direct messages have no guild.
+    return column == guild_id  # type: ignore[operator]
+
+
+class ModerationStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    # ------------------------------------------------------------------------------- admission
+
+    async def rules(self, guild_id: int | None, user_id: int) -> GuildRules:
+        if guild_id is None:
+            return GuildRules([], None, [])
+        async with self.sessions() as session:
+            overrides = await session.execute(
+                select(LimitOverride.scope, LimitOverride.target_id, LimitOverride.name, LimitOverride.value)
+                .where(LimitOverride.guild_id == guild_id)
+                .order_by(LimitOverride.id)
+            )
+            ban = await session.scalar(select(Ban).where(Ban.guild_id == guild_id, Ban.user_id == user_id))
+            terms = await session.scalars(
+                select(BlockedTerm.term).where(BlockedTerm.guild_id == guild_id).order_by(BlockedTerm.id)
+            )
+            return GuildRules(
+                [OverrideRow(*row) for row in overrides],
+                None if ban is None else BanRow(ban.user_id, ban.reason, ban.banned_by, ban.created_at),
+                list(terms),
+            )
+
+    async def activity(
+        self, guild_id: int | None, user_id: int, day_start: dt.datetime, job_ids: Sequence[str] = ()
+    ) -> Activity:
+        async with self.sessions() as session:
+            mine = (Job.user_id == user_id, _guild_is(Job.guild_id, guild_id))
+            active = (
+                await session.execute(
+                    select(func.count(), func.coalesce(func.sum(Job.count), 0)).where(
+                        *mine, Job.state.in_(ACTIVE)
+                    )
+                )
+            ).one()
+            today = await session.scalar(
+                select(func.coalesce(func.sum(Usage.images), 0)).where(
+                    Usage.user_id == user_id,
+                    _guild_is(Usage.guild_id, guild_id),
+                    Usage.created_at >= day_start,
+                )
+            )
+            last = await session.scalar(select(func.max(Job.created_at)).where(*mine))
+            queued = await session.scalar(select(func.count()).where(Job.state == JobState.QUEUED))
+            known: set[str] = set()
+            if job_ids:
+                known = set(await session.scalars(select(Job.id).where(Job.id.in_(list(job_ids)))))
+        if isinstance(last, str):  # func.max loses the column type on SQLite: parse it back
+            last = dt.datetime.fromisoformat(last)
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=dt.UTC)
+        return Activity(
+            int(active[0]), int(active[1]), int(today or 0), last, int(queued or 0), frozenset(known)
+        )
+
+    # --------------------------------------------------------------------------------- limits
+
+    async def overrides(self, guild_id: int) -> list[OverrideRow]:
+        return (await self.rules(guild_id, 0)).overrides
+
+    async def set_limit(
+        self, guild_id: int, scope: str, target_id: int, name: str, value: int, *, actor_id: int
+    ) -> int | None:
+        """Set an override; returns the value it replaced (None: there was none)."""
+        async with self.sessions.begin() as session:
+            row = await session.scalar(
+                select(LimitOverride).where(
+                    LimitOverride.guild_id == guild_id,
+                    LimitOverride.scope == scope,
+                    LimitOverride.target_id == target_id,
+                    LimitOverride.name == name,
+                )
+            )
+            old = None if row is None else row.value
+            if row is None:
+                session.add(
+                    LimitOverride(
+                        guild_id=guild_id,
+                        scope=scope,
+                        target_id=target_id,
+                        name=name,
+                        value=value,
+                        updated_by=actor_id,
+                        updated_at=utcnow(),
+                    )
+                )
+            else:
+                row.value, row.updated_by, row.updated_at = value, actor_id, utcnow()
+            self._audit(session, guild_id, actor_id, "limits.set", f"{scope}:{target_id} {name}", old, value)
+            return old
+
+    async def reset_limit(
+        self, guild_id: int, scope: str, target_id: int, name: str, *, actor_id: int
+    ) -> int | None:
+        """Remove an override; returns the value it had (None: there was nothing to remove)."""
+        async with self.sessions.begin() as session:
+            row = await session.scalar(
+                select(LimitOverride).where(
+                    LimitOverride.guild_id == guild_id,
+                    LimitOverride.scope == scope,
+                    LimitOverride.target_id == target_id,
+                    LimitOverride.name == name,
+                )
+            )
+            if row is None:
+                return None
+            old = row.value
+            await session.delete(row)
+            self._audit(session, guild_id, actor_id, "limits.reset", f"{scope}:{target_id} {name}", old, None)
+            return old
+
+    # ----------------------------------------------------------------------------------- bans
+
+    async def ban(self, guild_id: int, user_id: int, reason: str, *, actor_id: int) -> BanRow | None:
+        """Ban a user; returns the existing ban instead when there already is one (nothing changes)."""
+        async with self.sessions.begin() as session:
+            existing = await session.scalar(
+                select(Ban).where(Ban.guild_id == guild_id, Ban.user_id == user_id)
+            )
+            if existing is not None:
+                return BanRow(existing.user_id, existing.reason, existing.banned_by, existing.created_at)
+            session.add(
+                Ban(
+                    guild_id=guild_id, user_id=user_id, reason=reason, banned_by=actor_id, created_at=utcnow()
+                )
+            )
+            self._audit(session, guild_id, actor_id, "ban", f"user:{user_id}", None, reason or "banned")
+            return None
+
+    async def unban(self, guild_id: int, user_id: int, *, actor_id: int) -> bool:
+        async with self.sessions.begin() as session:
+            existing = await session.scalar(
+                select(Ban).where(Ban.guild_id == guild_id, Ban.user_id == user_id)
+            )
+            if existing is None:
+                return False
+            await session.delete(existing)
+            self._audit(
+                session, guild_id, actor_id, "unban", f"user:{user_id}", existing.reason or "banned", None
+            )
+            return True
+
+    # ---------------------------------------------------------------------------- blocklist
+
+    async def terms(self, guild_id: int) -> list[str]:
+        return (await self.rules(guild_id, 0)).terms
+
+    async def add_term(self, guild_id: int, term: str, *, actor_id: int) -> bool:
+        """False when the guild already blocks exactly this term."""
+        async with self.sessions.begin() as session:
+            exists = await session.scalar(
+                select(BlockedTerm.id).where(BlockedTerm.guild_id == guild_id, BlockedTerm.term == term)
+            )
+            if exists is not None:
+                return False
+            session.add(BlockedTerm(guild_id=guild_id, term=term, added_by=actor_id, created_at=utcnow()))
+            self._audit(session, guild_id, actor_id, "blocklist.add", "term", None, term)
+            return True
+
+    async def remove_term(self, guild_id: int, term: str, *, actor_id: int) -> bool:
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                delete(BlockedTerm).where(BlockedTerm.guild_id == guild_id, BlockedTerm.term == term)
+            )
+            if result.rowcount == 0:
+                return False
+            self._audit(session, guild_id, actor_id, "blocklist.remove", "term", term, None)
+            return True
+
+    # -------------------------------------------------------------------------------- audit
+
+    @staticmethod
+    def _audit(
+        session: AsyncSession,
+        guild_id: int,
+        actor_id: int,
+        action: str,
+        target: str,
+        old: object,
+        new: object,
+    ) -> None:
+        session.add(
+            AuditEntry(
+                guild_id=guild_id,
+                actor_id=actor_id,
+                action=action,
+                target=target[:200],
+                old_value=None if old is None else str(old),
+                new_value=None if new is None else str(new),
+                created_at=utcnow(),
+            )
+        )
+
+    async def record(
+        self, guild_id: int, actor_id: int, action: str, target: str, old: object = None, new: object = None
+    ) -> None:
+        """An audit entry for an action that changes nothing here (an admin cancelling a job)."""
+        async with self.sessions.begin() as session:
+            self._audit(session, guild_id, actor_id, action, target, old, new)
+
+    async def audit_log(self, guild_id: int, limit: int = 10) -> list[AuditRow]:
+        async with self.sessions() as session:
+            rows = await session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.guild_id == guild_id)
+                .order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
+                .limit(limit)
+            )
+            return [
+                AuditRow(r.actor_id, r.action, r.target, r.old_value, r.new_value, r.created_at) for r in rows
+            ]
+
+    # -------------------------------------------------------------------------------- usage
+
+    async def _totals(self, session: AsyncSession, *where: object) -> Totals:
+        row = (
+            await session.execute(
+                select(
+                    func.coalesce(func.sum(Usage.images), 0),
+                    func.coalesce(func.sum(Usage.engine_seconds), 0.0),
+                    func.count(),
+                ).where(*where)  # type: ignore[arg-type]
+            )
+        ).one()
+        return Totals(int(row[0]), float(row[1]), int(row[2]))
+
+    async def user_usage(
+        self, guild_id: int | None, user_id: int, *, today: dt.datetime, month: dt.datetime
+    ) -> UserUsage:
+        """Totals since ``today`` and ``month`` (the window starts) and of all time."""
+        base = (Usage.user_id == user_id, _guild_is(Usage.guild_id, guild_id))
+        async with self.sessions() as session:
+            return UserUsage(
+                today=await self._totals(session, *base, Usage.created_at >= today),
+                month=await self._totals(session, *base, Usage.created_at >= month),
+                all_time=await self._totals(session, *base),
+            )
+
+    async def guild_stats(
+        self, guild_id: int, *, today: dt.datetime, wait_since: dt.datetime, top: int = 5
+    ) -> GuildStats:
+        """Totals, the top users by images, and the average queue wait of jobs since ``wait_since``."""
+        async with self.sessions() as session:
+            in_guild = Usage.guild_id == guild_id
+            all_time = await self._totals(session, in_guild)
+            today_totals = await self._totals(session, in_guild, Usage.created_at >= today)
+            users = await session.scalar(select(func.count(func.distinct(Usage.user_id))).where(in_guild))
+            leaders = await session.execute(
+                select(Usage.user_id, func.coalesce(User.name, ""), func.sum(Usage.images).label("n"))
+                .join(User, User.id == Usage.user_id, isouter=True)
+                .where(in_guild)
+                .group_by(Usage.user_id, User.name)
+                .order_by(func.sum(Usage.images).desc(), Usage.user_id)
+                .limit(top)
+            )
+            started = await session.execute(
+                select(Job.created_at, Job.started_at).where(
+                    Job.guild_id == guild_id, Job.started_at.is_not(None), Job.created_at >= wait_since
+                )
+            )
+            waits = [(s - c).total_seconds() for c, s in started if s is not None and c is not None]
+            states = dict(
+                (
+                    await session.execute(
+                        select(Job.state, func.count())
+                        .where(Job.guild_id == guild_id, Job.state.in_([JobState.FAILED, JobState.CANCELLED]))
+                        .group_by(Job.state)
+                    )
+                ).all()
+            )
+        return GuildStats(
+            all_time=all_time,
+            today=today_totals,
+            users=int(users or 0),
+            top=[TopUser(int(u), str(n), int(c)) for u, n, c in leaders],
+            average_wait=sum(waits) / len(waits) if waits else None,
+            failed=int(states.get(JobState.FAILED, 0)),
+            cancelled=int(states.get(JobState.CANCELLED, 0)),
+        )
+
+    async def bans(self, guild_id: int) -> list[BanRow]:
+        async with self.sessions() as session:
+            rows = await session.scalars(select(Ban).where(Ban.guild_id == guild_id).order_by(Ban.created_at))
+            return [BanRow(r.user_id, r.reason, r.banned_by, r.created_at) for r in rows]

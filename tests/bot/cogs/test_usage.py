@@ -1,0 +1,87 @@
+"""/usage and /stats through the loopback Discord, with jobs finished by a scripted engine."""
+
+import sqlite3
+
+import pytest
+
+from tests.bot.jobs.scripted import ScriptedTransport, scripted_bot, scripted_settings
+from tests.fakediscord.plugin import make_world
+
+
+@pytest.fixture
+def world(fake_discord):
+    w = make_world(fake_discord)
+    w.carol = w.new_member("carol")
+    return w
+
+
+async def run(world, name, options=None, *, user, channel=None):
+    inter = await world.fake.invoke(
+        name, options or {}, guild=world.guild, channel=channel or world.channel, user=user
+    )
+    await inter.wait_response()
+    return inter
+
+
+def text(inter):
+    return (inter.callbacks[0].get("data") or {}).get("content", "")
+
+
+async def make_pictures(world, tmp_path, jobs):
+    for user, count in jobs:
+        assert (await run(world, "imagine", {"prompt": "a kite", "count": count}, user=user)).deferred
+    db = sqlite3.connect(tmp_path / "bot.db")
+    await world.fake.wait_until(
+        lambda: (
+            db.execute("select count(*) from jobs where delivered_at is not null").fetchone()[0] == len(jobs)
+        ),
+        timeout=30,
+    )
+
+
+async def test_usage_and_stats(world, tmp_path):
+    settings = scripted_settings(world.fake, tmp_path, GUILD_IDS=world.guild.id, DEFAULT_DAILY_IMAGES=20)
+    async with scripted_bot(world.fake, settings, ScriptedTransport(slots=2, auto_finish=True)):
+        before = await run(world, "usage", user=world.member)
+        assert (
+            before.ephemeral
+            and "Today: **0** images" in text(before)
+            and "20 of 20 images left" in text(before)
+        )
+
+        await make_pictures(world, tmp_path, [(world.member, 4), (world.member, 2), (world.carol, 1)])
+
+        mine = await run(world, "usage", user=world.member)
+        assert mine.ephemeral
+        for line in (
+            "Today: **6** images in 2 jobs · 1.0 s",
+            "This month: **6** images",
+            "All time: **6** images",
+            "14 of 20 images left (`daily_images`)",
+            "00:00 UTC",
+        ):
+            assert line in text(mine), text(mine)
+
+        nosy = await run(world, "usage", {"user": world.member}, user=world.carol)
+        assert nosy.ephemeral and "Only this server's admins" in text(nosy)
+        checked = await run(world, "usage", {"user": world.carol}, user=world.admin)
+        assert f"Usage for <@{world.carol.id}>" in text(checked) and "Today: **1** images" in text(checked)
+
+        stats = await run(world, "stats", user=world.carol)
+        body = text(stats)
+        assert not stats.ephemeral
+        assert "All time: **7** images in 3 jobs · 1.5 s of engine time · 2 members made pictures" in body
+        assert "Average wait before a job starts (last 7 days): " in body and "no jobs yet" not in body
+        assert "Queue now: 0 running and 0 waiting here" in body
+        top = body.split("**Top users**")[1]
+        assert top.index(f"<@{world.member.id}> — 6 images") < top.index(f"<@{world.carol.id}> — 1 images")
+        # Mentions in /stats are shown, never pinged.
+        assert stats.callbacks[0]["data"]["allowed_mentions"]["parse"] == []
+
+
+async def test_stats_in_an_empty_server(world, tmp_path):
+    settings = scripted_settings(world.fake, tmp_path, GUILD_IDS=world.guild.id)
+    async with scripted_bot(world.fake, settings, ScriptedTransport()):
+        stats = await run(world, "stats", user=world.member)
+        assert "All time: **0** images in 0 jobs" in text(stats) and "no jobs yet" in text(stats)
+        assert "Top users" not in text(stats)
