@@ -45,7 +45,9 @@ Inline flags work too, Midjourney style — options win over flags:
 > `/imagine portrait of a cat, oil painting --steps 30 --cfg 6.5 --sampler Euler a --count 2`
 Under a result: **U1–U4** upscale that picture 2×, **V1–V4** make four variations of it, {REROLL} runs
 the same prompt with a new seed (reacting {REROLL} does too), ℹ️ shows the parameters, 🗑️ deletes.
-Every picture keeps its A1111 `parameters` — drop it into AUTOMATIC1111's PNG Info tab."""
+Every picture keeps its A1111 `parameters` — drop it into AUTOMATIC1111's PNG Info tab.
+**/usage** shows what you have made and what is left today; **/cancel** stops a job of yours.
+Admins: **/limits**, **/ban**, **/blocklist**, **/queue**, **/stats**."""
 
 
 def _clean(text: str, limit: int = 300) -> str:
