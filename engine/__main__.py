@@ -1,0 +1,243 @@
+"""``python -m engine``: the engine's command line.
+
+    python -m engine make-tiny-model DIR            tiny random-weight SD pipeline for tests (offline)
+    python -m engine make-model --arch sd15 --random DIR
+                                                    full-size SD 1.5 architecture, random weights (benchmarks)
+    python -m engine worker --model M [...]         the worker process (protocol frames on stdin/stdout)
+    python -m engine serve --nats URL --model M [--device cuda:N]
+                                                    scale-out worker pulling jobs from NATS JetStream
+    python -m engine generate "prompt" --out img.png [...]
+                                                    one-off render from a shell, with a progress bar
+
+Flags fall back to the environment where one is named: ENGINE_MAX_BATCH, MODELS_DIR,
+ALLOW_PICKLE_CHECKPOINTS, ENGINE_DEVICE, ENGINE_DTYPE, ENGINE_SINGLE_FILE_CONFIG, ENGINE_TAESD,
+ENGINE_SAFETY_CHECKER, ENGINE_MODEL, ENGINE_WORKER_ID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must look like 512x768, got {text!r}") from exc
+
+
+def _add_model_flags(p: argparse.ArgumentParser, *, model_required: bool) -> None:
+    p.add_argument(
+        "--model",
+        required=model_required,
+        default=os.environ.get("ENGINE_MODEL"),
+        help="hub id, diffusers folder, checkpoint file, or a name in --models-dir",
+    )
+    p.add_argument(
+        "--device",
+        default=os.environ.get("ENGINE_DEVICE", "auto"),
+        help="auto | cpu | cuda | cuda:N | mps (default auto)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=os.environ.get("ENGINE_DTYPE", "auto"),
+        choices=("auto", "fp16", "bf16", "fp32"),
+        help="auto: fp16 on GPUs, fp32 on CPU",
+    )
+    p.add_argument(
+        "--models-dir",
+        default=os.environ.get("MODELS_DIR") or None,
+        help="folder of checkpoints/diffusers folders that requests select by name",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=_env_flag("ALLOW_PICKLE_CHECKPOINTS"),
+        help="allow .ckpt/.pt pickle checkpoints (loading one runs code)",
+    )
+    p.add_argument(
+        "--single-file-config",
+        default=os.environ.get("ENGINE_SINGLE_FILE_CONFIG") or None,
+        help="local diffusers folder whose configs describe single-file checkpoints",
+    )
+    p.add_argument(
+        "--taesd",
+        default=os.environ.get("ENGINE_TAESD") or None,
+        help="local TAESD (AutoencoderTiny) folder for better previews",
+    )
+    p.add_argument(
+        "--safety-checker",
+        default=os.environ.get("ENGINE_SAFETY_CHECKER") or None,
+        help="local safety checker folder, run for requests with safety_check set",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (warmed up at start)")
+    p.add_argument("--cpu-offload", action="store_true", help="model CPU offload for 4 GB-class GPUs")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=int(os.environ.get("ENGINE_MAX_BATCH", "4")),
+        help="most images in one UNet batch (default 4)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="imaginebot GPU engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD pipeline folder")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("make-model", help="write a full-size architecture with random weights")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--arch", choices=("sd15", "tiny"), default="sd15")
+    p.add_argument("--random", action="store_true", required=True, help="random weights (the only mode)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="weights on disk (default fp16)")
+
+    p = sub.add_parser("worker", help="serve protocol frames on stdin/stdout")
+    _add_model_flags(p, model_required=True)
+    p.add_argument("--worker-id", default=os.environ.get("ENGINE_WORKER_ID") or None)
+
+    p = sub.add_parser("serve", help="scale-out worker: pull jobs from NATS JetStream (--nats URL)")
+    _add_model_flags(p, model_required=False)
+    from engine.nats_worker import add_serve_flags
+
+    add_serve_flags(p)
+
+    p = sub.add_parser("generate", help="render one prompt to PNG files")
+    p.add_argument("prompt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out.png"),
+        help="output PNG; with --count N > 1 files are named OUT-0.png, OUT-1.png, ...",
+    )
+    p.add_argument("--negative", default="")
+    p.add_argument("--seed", type=int, default=None, help="default: random")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--sampler", default=None, help="A1111 sampler name (default DPM++ 2M Karras)")
+    p.add_argument("--size", type=_size, default=(512, 512), help="WxH (default 512x512)")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--init", type=Path, default=None, help="init image: img2img")
+    p.add_argument("--strength", type=float, default=0.75)
+    p.add_argument("--upscale", action="store_true", help="2x upscale of --init (hires-fix style)")
+    _add_model_flags(p, model_required=False)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import logging
+    import random
+
+    from tqdm import tqdm
+
+    from engine.protocol import DEFAULT_SAMPLER, GenerateRequest, JobDone, JobKind, JobProgress
+    from engine.runner import Runner
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if not args.model:
+        print("engine generate: --model is required (or ENGINE_MODEL)", file=sys.stderr)
+        return 2
+    kind = JobKind.TXT2IMG
+    init = None
+    if args.init is not None:
+        init = args.init.read_bytes()
+        kind = JobKind.UPSCALE if args.upscale else JobKind.IMG2IMG
+    request = GenerateRequest(
+        job_id="cli",
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        seed=args.seed if args.seed is not None else random.randrange(2**32),
+        steps=args.steps,
+        cfg_scale=args.cfg,
+        width=args.size[0],
+        height=args.size[1],
+        count=args.count,
+        sampler=args.sampler or DEFAULT_SAMPLER,
+        kind=kind,
+        strength=args.strength,
+        init_image=init,
+    )
+    runner = Runner(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch=args.max_batch,
+        models_dir=args.models_dir,
+        allow_pickle=args.allow_pickle,
+        single_file_config=args.single_file_config,
+        compile=args.compile,
+        cpu_offload=args.cpu_offload,
+    )
+    bar = tqdm(total=None, unit="step", file=sys.stderr, desc="generating")
+
+    def on_event(event: object) -> None:
+        if isinstance(event, JobProgress):
+            bar.total = event.total
+            bar.n = event.step
+            bar.refresh()
+
+    try:
+        results = runner.run([request], on_event=on_event)
+    finally:
+        bar.close()
+        runner.close()
+    result = results.get("cli")
+    if not isinstance(result, JobDone):
+        print(f"engine generate: {getattr(result, 'reason', 'cancelled')}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for image in result.images:
+        path = (
+            args.out
+            if len(result.images) == 1
+            else args.out.with_name(f"{args.out.stem}-{image.index}{args.out.suffix or '.png'}")
+        )
+        path.write_bytes(image.png)
+        print(f"{path} (seed {image.seed})")
+    print(f"{len(result.images)} image(s) in {result.engine_seconds:.1f}s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "make-tiny-model":
+        from engine.tiny import make_tiny_model
+
+        print(make_tiny_model(args.dir, seed=args.seed))
+        return 0
+    if args.command == "make-model":
+        if args.arch == "tiny":
+            from engine.tiny import make_tiny_model
+
+            print(make_tiny_model(args.dir, seed=args.seed))
+            return 0
+        from engine.sd15 import make_sd15_random
+
+        print(make_sd15_random(args.dir, seed=args.seed, dtype=args.dtype))
+        return 0
+    if args.command == "worker":
+        from engine.worker import run_worker
+
+        return run_worker(args)
+    if args.command == "serve":
+        from engine.nats_worker import run_serve
+
+        return run_serve(args)
+    if args.command == "generate":
+        return _generate(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

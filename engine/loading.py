@@ -1,0 +1,202 @@
+"""Finding and loading a Stable Diffusion 1.x model.
+
+A model spec is one of:
+
+- a local diffusers folder (``model_index.json`` inside);
+- a single checkpoint file as AUTOMATIC1111 users keep them (``.safetensors``; ``.ckpt``/``.pt``/``.bin`` only
+  when pickles are allowed, because loading a pickle runs code), loaded with ``from_single_file`` offline
+  from a local diffusers config folder;
+- a name in MODELS_DIR (a file stem, a file name, or a sub-folder), which is how requests pick a model;
+- a Hugging Face hub id (``org/name``), downloaded once with a progress bar and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+CHECKPOINT_SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,12}\]$")  # A1111 shows models as "name [hash]"
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be found or loaded; the message names the model and says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    kind: Literal["folder", "file", "hub"]
+    location: str  # a path (folder, file) or a hub id
+    name: str  # what PNG info and events call it: the file stem, folder name or hub id
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def _source_for_path(path: Path) -> ModelSource:
+    path = path.resolve()
+    if _is_diffusers_folder(path):
+        return ModelSource("folder", str(path), path.name)
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelLoadError(
+                f"model file {path} has an unknown type; expected one of {', '.join(CHECKPOINT_SUFFIXES)}"
+            )
+        return ModelSource("file", str(path), path.stem)
+    raise ModelLoadError(f"model folder {path} has no model_index.json: it is not a diffusers model folder")
+
+
+def list_models(models_dir: str | Path | None) -> list[str]:
+    """The names a request can use: checkpoint file stems and diffusers sub-folders of ``models_dir``."""
+    if models_dir is None or not Path(models_dir).is_dir():
+        return []
+    names = []
+    for entry in sorted(Path(models_dir).iterdir()):
+        if (entry.is_file() and entry.suffix.lower() in CHECKPOINT_SUFFIXES) or _is_diffusers_folder(entry):
+            names.append(entry.stem if entry.is_file() else entry.name)
+    return names
+
+
+def resolve_model_name(name: str, models_dir: str | Path | None) -> ModelSource:
+    """A model a *request* names: only a file or diffusers folder directly inside ``models_dir`` (no paths,
+    no hub ids: a chat user must not make the worker read arbitrary files or download models)."""
+    base = Path(models_dir) if models_dir is not None else None
+    clean = _HASH_SUFFIX.sub("", name.strip())
+    if base is not None and base.is_dir() and clean and "/" not in clean and "\\" not in clean:
+        if not clean.startswith("."):
+            for candidate in [base / clean, *(base / f"{clean}{s}" for s in CHECKPOINT_SUFFIXES)]:
+                if candidate.is_file() or _is_diffusers_folder(candidate):
+                    return _source_for_path(candidate)
+    available = list_models(base)
+    if base is None:
+        raise ModelLoadError(f"model {name!r} not found: this worker has no MODELS_DIR to pick models from")
+    hint = f"; available: {', '.join(available)}" if available else "; it is empty"
+    raise ModelLoadError(f"model {name!r} not found in MODELS_DIR{hint}")
+
+
+def resolve_model(spec: str, models_dir: str | Path | None = None) -> ModelSource:
+    """Where ``spec`` points. Raises :class:`ModelLoadError` with the valid names when nothing matches."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelLoadError("empty model name")
+    name = _HASH_SUFFIX.sub("", spec)
+    if models_dir is not None:
+        base = Path(models_dir)
+        if base.is_dir() and "/" not in name and "\\" not in name and name not in (".", ".."):
+            for candidate in [base / name, *(base / f"{name}{s}" for s in CHECKPOINT_SUFFIXES)]:
+                if candidate.is_file() or _is_diffusers_folder(candidate):
+                    return _source_for_path(candidate)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _source_for_path(path)
+    if re.fullmatch(r"\w[\w.\-]*/\w[\w.\-]*", spec) and not spec.endswith(CHECKPOINT_SUFFIXES):
+        return ModelSource("hub", spec, spec)
+    available = list_models(models_dir)
+    where = f" in MODELS_DIR {models_dir}" if models_dir is not None else ""
+    hint = f"; available: {', '.join(available)}" if available else ""
+    raise ModelLoadError(f"model {spec!r} not found{where}: not a file, a diffusers folder or a hub id{hint}")
+
+
+def model_hash(path: str | Path) -> str:
+    """AUTOMATIC1111's ``Model hash`` (its "AutoV2"): the first 10 hex digits of the file's SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:10]
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); use what this version takes."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+def default_single_file_config() -> Path | None:
+    """SD 1.5's diffusers config folder (configs + CLIP tokenizer, no weights), built from files that ship
+    with the engine and cached (see :func:`engine.sd15.sd15_config_dir`); ``None`` if it cannot be built."""
+    from engine.sd15 import sd15_config_dir
+
+    try:
+        return sd15_config_dir()
+    except OSError as exc:
+        log.warning("cannot write the SD 1.5 config folder: %s", exc)
+        return None
+
+
+def load_pipeline(
+    source: ModelSource,
+    *,
+    dtype: Any = None,
+    allow_pickle: bool = False,
+    single_file_config: str | Path | None = None,
+) -> Any:
+    """A ``StableDiffusionPipeline`` on the CPU (the caller moves it), without the safety checker.
+
+    Raises :class:`ModelLoadError` with one clear reason naming the model."""
+    from diffusers import StableDiffusionPipeline
+
+    common: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if dtype is not None:
+        common[_dtype_keyword()] = dtype
+    try:
+        if source.kind == "folder":
+            return StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **common)
+        if source.kind == "hub":
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            try:
+                # Cached copies first: no network round trip when the model is already here.
+                return StableDiffusionPipeline.from_pretrained(
+                    source.location, local_files_only=True, **common
+                )
+            except (OSError, ValueError):
+                if offline:
+                    raise
+            log.info("downloading %s from the Hugging Face hub (once; it is cached)", source.location)
+            return StableDiffusionPipeline.from_pretrained(source.location, **common)
+        return _load_single_file(source, allow_pickle, single_file_config, common)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # every loader failure becomes one clear reason
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"could not load model {source.name} ({source.location}): {reason}") from exc
+
+
+def _load_single_file(
+    source: ModelSource, allow_pickle: bool, config: str | Path | None, common: dict[str, Any]
+) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(source.location)
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(
+            f"refusing to load {path.name}: {path.suffix} checkpoints are Python pickles and loading one "
+            "runs code; convert it to .safetensors, or allow pickles (ALLOW_PICKLE_CHECKPOINTS=true, "
+            "worker flag --allow-pickle) if you trust the file"
+        )
+    config_dir = Path(config) if config is not None else default_single_file_config()
+    if config_dir is None or not _is_diffusers_folder(config_dir):
+        raise ModelLoadError(
+            f"cannot load {path.name}: single-file checkpoints need a local diffusers config folder "
+            f"(--single-file-config DIR); {config_dir} is not one"
+        )
+    return StableDiffusionPipeline.from_single_file(
+        str(path), config=str(config_dir), local_files_only=True, **common
+    )

@@ -1,0 +1,223 @@
+"""The engine worker process: protocol frames in on stdin, events out on the real stdout.
+
+At start the real stdout file descriptor is duplicated for the protocol and fd 1 / ``sys.stdout`` are
+pointed at stderr, so stray prints and library progress bars can never corrupt a frame.
+
+Life of a worker: load the model (a failure exits with status 2 and a reason on stderr, before any frame),
+write ``WorkerReady``, then serve:
+
+- ``Submit``: the request is validated at once (a bad one gets ``JobFailed``), then queued; the main
+  thread runs batches (priority first, then arrival) and emits ``JobStarted``, ``JobProgress`` each step
+  (with a preview every ``preview_every`` steps) and ``JobDone`` once the PNGs are encoded;
+- ``Cancel``: a queued job gets ``JobCancelled`` at once, a running one at its next denoising step;
+  an unknown or finished job id is ignored;
+- ``Shutdown``: the running batch finishes, queued jobs get ``JobFailed(retryable=True)``, then exit 0;
+- end of stdin (the bot went away): the running batch stops at its next step and the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import IO, Any
+
+from engine.protocol import (
+    Cancel,
+    Event,
+    JobFailed,
+    ProtocolError,
+    Shutdown,
+    Submit,
+    WorkerReady,
+    read_frame,
+    write_frame,
+)
+
+log = logging.getLogger("engine.worker")
+
+
+def claim_stdout() -> IO[bytes]:
+    """Duplicate the real stdout for the protocol; from now on fd 1 and ``sys.stdout`` write to stderr."""
+    sys.stdout.flush()
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(proto_fd, "wb", buffering=1 << 16)
+
+
+class Worker:
+    def __init__(self, runner: Any, out: IO[bytes], inp: IO[bytes]) -> None:
+        self.runner = runner
+        self.out = out
+        self.inp = inp
+        self._write_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending: list[Any] = []  # runner Jobs with images still to schedule
+        self._jobs: dict[str, Any] = {}  # job id -> Job, until finished
+        self._draining = False
+        self._eof = False
+        self._out_broken = False
+
+    # ------------------------------------------------------------------------------------------ output
+
+    def emit(self, event: Event) -> None:
+        with self._write_lock:
+            if self._out_broken:
+                return
+            try:
+                write_frame(self.out, event)
+            except (BrokenPipeError, OSError, ValueError):
+                self._out_broken = True
+                log.warning("protocol output closed; dropping events")
+
+    # ------------------------------------------------------------------------------------------- input
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    message = read_frame(self.inp)
+                except ProtocolError as exc:
+                    log.error("bad frame on stdin (%s); treating it as the end of the stream", exc)
+                    break
+                except (OSError, ValueError):
+                    break
+                if message is None:
+                    break
+                self._handle(message)
+        finally:
+            with self._cond:
+                self._eof = True
+                self.runner.abort()
+                self._cond.notify_all()
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, Submit):
+            self._submit(message)
+        elif isinstance(message, Cancel):
+            with self._cond:
+                job = self._jobs.get(message.job_id)
+                if job is None:
+                    log.info("cancel for unknown or finished job %s ignored", message.job_id)
+                    return
+                self.runner.cancel(job, self.emit)
+                self._prune()
+        elif isinstance(message, Shutdown):
+            with self._cond:
+                self._draining = True
+                self._cond.notify_all()
+        else:
+            log.warning("ignoring unexpected %s on stdin", type(message).__name__)
+
+    def _submit(self, message: Submit) -> None:
+        from engine.runner import RequestError
+
+        request = message.request
+        with self._cond:
+            if self._draining:
+                self.emit(JobFailed(request.job_id, "worker is shutting down", retryable=True))
+                return
+            existing = self._jobs.get(request.job_id)
+            if existing is not None and not existing.finished:
+                self.emit(JobFailed(request.job_id, f"job {request.job_id} is already queued on this worker"))
+                return
+        try:
+            job = self.runner.prepare(request)
+        except RequestError as exc:
+            self.emit(JobFailed(request.job_id, str(exc)))
+            return
+        except Exception as exc:
+            log.exception("could not prepare job %s", request.job_id)
+            self.emit(JobFailed(request.job_id, f"bad request: {exc}"))
+            return
+        job.emit = self.emit
+        with self._cond:
+            self._jobs[request.job_id] = job
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    def _prune(self) -> None:
+        """Drop finished jobs and fully scheduled ones from the queue (caller holds ``_cond``)."""
+        self._pending = [j for j in self._pending if not j.finished and j.remaining > 0]
+        self._jobs = {k: j for k, j in self._jobs.items() if not j.finished}
+
+    # ------------------------------------------------------------------------------------------- serve
+
+    def serve(self) -> int:
+        runner = self.runner
+        self.emit(
+            WorkerReady(
+                worker_id=runner.worker_id,
+                model=runner.model_name,
+                device=runner.device_name,
+                pid=os.getpid(),
+                max_batch=runner.max_batch,
+            )
+        )
+        reader = threading.Thread(target=self._read_loop, name="stdin-reader", daemon=True)
+        reader.start()
+        while True:
+            with self._cond:
+                self._prune()
+                while not self._pending and not self._draining and not self._eof:
+                    self._cond.wait()
+                    self._prune()
+                if self._eof or self._draining:
+                    break
+                batch = runner.plan(self._pending)
+            if batch:
+                runner.run_batch(batch, self.emit)
+        runner.wait_idle(timeout=60)  # images already rendered still go out
+        with self._cond:
+            for job in list(self._jobs.values()):
+                runner.fail(job, "worker is shutting down", self.emit, retryable=True)
+        try:
+            with self._write_lock:
+                self.out.flush()
+        except OSError:
+            pass
+        runner.close()
+        return 0
+
+
+def run_worker(args: Any) -> int:
+    """Entry point of ``python -m engine worker`` (``args`` from the CLI parser)."""
+    out = claim_stdout()
+    logging.basicConfig(
+        level=os.environ.get("ENGINE_LOG_LEVEL", "INFO").upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    from engine.loading import ModelLoadError
+    from engine.runner import Runner
+
+    try:
+        runner = Runner(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch=args.max_batch,
+            models_dir=args.models_dir,
+            allow_pickle=args.allow_pickle,
+            single_file_config=args.single_file_config,
+            taesd=args.taesd,
+            safety_checker=args.safety_checker,
+            compile=args.compile,
+            cpu_offload=args.cpu_offload,
+            worker_id=args.worker_id or f"{os.uname().nodename}-{os.getpid()}",
+        )
+    except (ModelLoadError, ValueError, FileNotFoundError) as exc:
+        print(f"engine: cannot start: {exc}", file=sys.stderr)
+        return 2
+    worker = Worker(runner, out, sys.stdin.buffer)
+    code = worker.serve()
+    # The stdin reader may still be blocked in read() (after Shutdown): a normal interpreter exit would wait
+    # on its buffer lock, so flush what matters and leave at once.
+    for stream in (out, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
