@@ -8,7 +8,7 @@ import signal
 
 from bot.db import Database, Job, JobState
 from bot.db.jobs import JobStore
-from bot.jobs.events import JobFinished, JobStarted
+from bot.jobs.events import JobFinished, JobProgress
 from bot.jobs.manager import JobManager
 from bot.transport.local import LocalTransport, WorkerOptions
 from engine.protocol import GenerateRequest, JobDone, WorkerReady
@@ -46,24 +46,23 @@ async def test_sigkilled_worker_is_restarted_and_its_job_completes_once(tmp_path
     await db.migrate()
     transport = LocalTransport(WorkerOptions(model=str(tiny_model), device="cpu", max_batch=1), restart_delay=0.1)
     manager = JobManager(JobStore(db.sessions), transport, tmp_path / "out")
-    started: asyncio.Queue[str] = asyncio.Queue()
+    stepping: asyncio.Queue[str] = asyncio.Queue()
     finished: list[Job] = []
 
     async def listen(event):
-        if isinstance(event, JobStarted):
-            started.put_nowait(event.job.id)
+        if isinstance(event, JobProgress):
+            stepping.put_nowait(event.job_id)
         elif isinstance(event, JobFinished):
             finished.append(event.job)
 
     manager.subscribe(listen)
     await manager.start()
     try:
-        job = Job(id="a" * 32, guild_id=None, channel_id=1, user_id=2, prompt="a fox", seed=1, steps=40,
+        job = Job(id="a" * 32, guild_id=None, channel_id=1, user_id=2, prompt="a fox", seed=1, steps=8,
                   cfg_scale=7.0, sampler="Euler", width=64, height=64, count=1)
         await manager.submit(job)
-        assert await asyncio.wait_for(started.get(), 120) == job.id
+        assert await asyncio.wait_for(stepping.get(), 120) == job.id  # mid-job: it has taken a step
         (pid,) = transport.pids()
-        await asyncio.sleep(0.5)
         os.kill(pid, signal.SIGKILL)
         for _ in range(600):
             if finished:
