@@ -186,3 +186,53 @@ async def test_cancel_button_stops_a_queued_job(fake_discord, make_settings, run
         await asyncio.sleep(0.2)
     states = sqlite3.connect(tmp_path / "bot.db").execute("select prompt, state from jobs order by prompt").fetchall()
     assert states == [("tower 0", "done"), ("tower 1", "done"), ("tower 2", "cancelled")]
+
+
+async def test_image_attachment_runs_img2img_and_bad_files_are_refused(fake_discord, make_settings, run_bot, tmp_path):
+    fake = fake_discord
+    guild, channel, alice, _ = _world(fake)
+    source = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 40, 40)).save(source, format="PNG")
+    async with run_bot(make_settings(GUILD_IDS=guild.id, DEFAULT_SIZE=256)):
+        inter = await fake.invoke(
+            "imagine", {"prompt": "make it blue", "strength": 0.5, "count": 1}, guild=guild, channel=channel,
+            user=alice, attachments={"image": ("red.png", source.getvalue(), "image/png")},
+        )
+        result = await fake.wait_for_message(lambda m: m.interaction_id == inter.id and _has_picture(m), timeout=120)
+        picture = _picture(result)
+        assert picture.width > picture.height  # kept the 3:2 shape of the picture given
+
+        bad = await fake.invoke("imagine", {"prompt": "x"}, guild=guild, channel=channel, user=alice,
+                                attachments={"image": ("notes.txt", b"hello", "text/plain")})
+        await bad.wait_response()
+        assert bad.ephemeral and "not a picture" in bad.callbacks[0]["data"]["content"]
+    rows = sqlite3.connect(tmp_path / "bot.db").execute("select kind, strength, init_image_path from jobs").fetchall()
+    assert len(rows) == 1 and rows[0][:2] == ("img2img", 0.5)
+    with Image.open(rows[0][2]) as saved:  # the input is kept, so a restart can still run the job
+        assert saved.size == (300, 200)
+
+
+async def test_model_autocomplete_and_unknown_model(fake_discord, make_settings, run_bot, tmp_path):
+    fake = fake_discord
+    guild, channel, alice, _ = _world(fake)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "dreamshaper_8.safetensors").write_bytes(b"")
+    (models / "v1-5-pruned-emaonly.safetensors").write_bytes(b"")
+    (models / "old.ckpt").write_bytes(b"")  # a pickle: not offered unless ALLOW_PICKLE_CHECKPOINTS
+    async with run_bot(make_settings(GUILD_IDS=guild.id, MODELS_DIR=models)):
+        auto = await fake.autocomplete("imagine", "model", "dream", {"prompt": "x"}, guild=guild, channel=channel,
+                                       user=alice)
+        await auto.wait_response()
+        assert [c["value"] for c in auto.autocomplete_choices] == ["dreamshaper_8"]
+        everything = await fake.autocomplete("imagine", "model", "", {"prompt": "x"}, guild=guild, channel=channel,
+                                             user=alice)
+        await everything.wait_response()
+        assert [c["value"] for c in everything.autocomplete_choices] == ["dreamshaper_8", "v1-5-pruned-emaonly"]
+
+        unknown = await fake.invoke("imagine", {"prompt": "x", "model": "old"}, guild=guild, channel=channel,
+                                    user=alice)
+        await unknown.wait_response()
+        text = unknown.callbacks[0]["data"]["content"]
+        assert unknown.ephemeral and "no model called" in text and "dreamshaper_8" in text
+    assert sqlite3.connect(tmp_path / "bot.db").execute("select count(*) from jobs").fetchone() == (0,)
