@@ -44,7 +44,7 @@ def make_settings(tmp_path: Path, tiny_model: Path, fake_discord: Any) -> Callab
 
 @pytest.fixture
 def run_bot() -> Callable[[Settings], contextlib.AbstractAsyncContextManager[ImagineBot]]:
-    """``async with run_bot(settings) as bot:`` — the real bot logged into fakediscord until the block ends."""
+    """``async with run_bot(settings) as bot:`` — the real bot on fakediscord until the block ends."""
 
     @contextlib.asynccontextmanager
     async def run(settings: Settings) -> AsyncIterator[ImagineBot]:

@@ -19,27 +19,42 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def test_no_token_is_one_clear_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, env=_env(PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "DISCORD_TOKEN" in lines[0] and "discord.com/developers" in lines[0]
 
 
 def test_bad_setting_names_it(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path,
-                          env=_env(PYTHONPATH=str(ROOT), DISCORD_TOKEN="x", ENGINE_WORKERS="lots"),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=_env(PYTHONPATH=str(ROOT), DISCORD_TOKEN="x", ENGINE_WORKERS="lots"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("Bad setting: ENGINE_WORKERS")
 
 
 def test_import_bot_loads_no_torch_and_engine_loads_no_discord():
-    code = ("import sys, bot.client, bot.__main__; "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch','diffusers','transformers')]")
+    code = (
+        "import sys, bot.client, bot.__main__; "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch','diffusers','transformers')]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
-    code = ("import sys, engine.worker, engine.protocol; "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('discord','sqlalchemy')]")
+    code = (
+        "import sys, engine.worker, engine.protocol; "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('discord','sqlalchemy')]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
 
@@ -50,20 +65,33 @@ async def test_python_m_bot_answers_imagine_on_loopback(fake_discord, tiny_model
     fake_discord.add_member(guild, user)
     secret = fake_discord.token
     env = _env(
-        PYTHONPATH=str(ROOT), DISCORD_TOKEN=secret, DISCORD_API_BASE=fake_discord.api_base,
-        DISCORD_GATEWAY_URL=fake_discord.gateway_url, MODEL=str(tiny_model), DEVICE="cpu",
-        GUILD_IDS=str(guild.id), DEFAULT_SIZE="64", DEFAULT_STEPS="2", LOG_LEVEL="DEBUG",
+        PYTHONPATH=str(ROOT),
+        DISCORD_TOKEN=secret,
+        DISCORD_API_BASE=fake_discord.api_base,
+        DISCORD_GATEWAY_URL=fake_discord.gateway_url,
+        MODEL=str(tiny_model),
+        DEVICE="cpu",
+        GUILD_IDS=str(guild.id),
+        DEFAULT_SIZE="64",
+        DEFAULT_STEPS="2",
+        LOG_LEVEL="DEBUG",
     )
     log_path = tmp_path / "bot.log"
     with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=tmp_path, env=env,
-                                                    stdout=log, stderr=subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
-            await fake_discord.wait_until(lambda: fake_discord.commands_for(guild) and fake_discord.connected, timeout=60)
-            inter = await fake_discord.invoke("imagine", {"prompt": "a lighthouse"}, guild=guild, channel=channel,
-                                              user=user)
+            await fake_discord.wait_until(
+                lambda: fake_discord.commands_for(guild) and fake_discord.connected, timeout=60
+            )
+            inter = await fake_discord.invoke(
+                "imagine", {"prompt": "a lighthouse"}, guild=guild, channel=channel, user=user
+            )
             message = await fake_discord.wait_for_message(
-                lambda m: m.interaction_id == inter.id and any(a.filename.endswith(".png") for a in m.attachments),
+                lambda m: (
+                    m.interaction_id == inter.id and any(a.filename.endswith(".png") for a in m.attachments)
+                ),
                 timeout=120,
             )
             assert message.attachments[0].data.startswith(b"\x89PNG")

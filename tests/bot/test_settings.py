@@ -17,7 +17,7 @@ def test_defaults_with_only_a_token():
 
 
 def test_missing_token_names_it():
-    with pytest.raises(SettingsError, match="^DISCORD_TOKEN is not set"):
+    with pytest.raises(SettingsError, match=r"^DISCORD_TOKEN is not set"):
         Settings.from_env({}, env_file=None)
 
 

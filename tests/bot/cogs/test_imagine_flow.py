@@ -23,12 +23,18 @@ def _world(fake):
 
 def _has_picture(m) -> bool:
     """A finished result: a picture and the parameter line (progress previews carry a picture too)."""
-    return "seed" in m.content and any(a.filename.rsplit(".", 1)[-1] in ("png", "webp", "jpg") for a in m.attachments)
+    return "seed" in m.content and any(
+        a.filename.rsplit(".", 1)[-1] in ("png", "webp", "jpg") for a in m.attachments
+    )
 
 
 async def _imagine(fake, guild, channel, user, prompt, **options):
-    inter = await fake.invoke("imagine", {"prompt": prompt, **options}, guild=guild, channel=channel, user=user)
-    message = await fake.wait_for_message(lambda m: m.interaction_id == inter.id and _has_picture(m), timeout=120)
+    inter = await fake.invoke(
+        "imagine", {"prompt": prompt, **options}, guild=guild, channel=channel, user=user
+    )
+    message = await fake.wait_for_message(
+        lambda m: m.interaction_id == inter.id and _has_picture(m), timeout=120
+    )
     return inter, message
 
 
@@ -52,7 +58,7 @@ async def _click(fake, message, label, user):
 async def test_result_buttons_and_reaction(fake_discord, make_settings, run_bot, tmp_path):
     fake = fake_discord
     guild, channel, alice, bob = _world(fake)
-    async with run_bot(make_settings(GUILD_IDS=guild.id)) as bot:
+    async with run_bot(make_settings(GUILD_IDS=guild.id)):
         _, result = await _imagine(fake, guild, channel, alice, "a red fox --seed 100")
         labels = {b.get("label") or b["emoji"]["name"] for b in result.buttons()}
         assert {"U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", REROLL, "ℹ️", "🗑️"} <= labels
@@ -65,24 +71,34 @@ async def test_result_buttons_and_reaction(fake_discord, make_settings, run_bot,
         assert "a red fox" in text and "Steps: 2" in text and "Seed: 101" in text
 
         up = await _click(fake, result, "U2", bob)
-        upscaled = await fake.wait_for_message(lambda m: m.interaction_id == up.id and _has_picture(m), timeout=120)
+        upscaled = await fake.wait_for_message(
+            lambda m: m.interaction_id == up.id and _has_picture(m), timeout=120
+        )
         assert _picture(upscaled).size == (256, 256) and "upscaled" in upscaled.content
         assert "U1" not in {b.get("label") for b in upscaled.buttons()}
 
         var = await _click(fake, result, "V1", bob)
-        varied = await fake.wait_for_message(lambda m: m.interaction_id == var.id and _has_picture(m), timeout=120)
+        varied = await fake.wait_for_message(
+            lambda m: m.interaction_id == var.id and _has_picture(m), timeout=120
+        )
         assert _picture(varied).size[0] > 256 and "variation" in varied.content
 
         reroll = await _click(fake, result, REROLL, alice)
-        rerolled = await fake.wait_for_message(lambda m: m.interaction_id == reroll.id and _has_picture(m),
-                                               timeout=120)
+        rerolled = await fake.wait_for_message(
+            lambda m: m.interaction_id == reroll.id and _has_picture(m), timeout=120
+        )
         assert "seeds 100–103" not in rerolled.content and "a red fox" in rerolled.content
 
         # Reacting 🔄 reruns for whoever reacted, on their quota, replying to the result.
         await fake.react(result, REROLL, user=bob)
         by_reaction = await fake.wait_for_message(
-            lambda m: m.author_id == fake.bot_user.id and m.interaction_id is None and _has_picture(m)
-            and f"<@{bob.id}>" in m.content and m.id != result.id,
+            lambda m: (
+                m.author_id == fake.bot_user.id
+                and m.interaction_id is None
+                and _has_picture(m)
+                and f"<@{bob.id}>" in m.content
+                and m.id != result.id
+            ),
             timeout=120,
         )
         assert by_reaction.message_reference is not None
@@ -113,7 +129,9 @@ async def test_buttons_work_after_a_restart(fake_discord, make_settings, run_bot
     async with run_bot(settings):
         await fake.wait_until(lambda: fake.connected)
         up = await _click(fake, result, "U2", bob)
-        upscaled = await fake.wait_for_message(lambda m: m.interaction_id == up.id and _has_picture(m), timeout=120)
+        upscaled = await fake.wait_for_message(
+            lambda m: m.interaction_id == up.id and _has_picture(m), timeout=120
+        )
         assert _picture(upscaled).size == (256, 256)
 
 
@@ -121,12 +139,16 @@ async def test_flags_shape_the_job(fake_discord, make_settings, run_bot, tmp_pat
     fake = fake_discord
     guild, channel, alice, _ = _world(fake)
     async with run_bot(make_settings(GUILD_IDS=guild.id)):
-        _, result = await _imagine(fake, guild, channel, alice, "a beach --ar 16:9 --no people --count 1 --seed 5",
-                                   seed=6)
+        _, result = await _imagine(
+            fake, guild, channel, alice, "a beach --ar 16:9 --no people --count 1 --seed 5", seed=6
+        )
         image = _picture(result)
         assert image.width > image.height
-    row = sqlite3.connect(tmp_path / "bot.db").execute(
-        "select prompt, negative_prompt, count, seed, width, height from jobs").fetchone()
+    row = (
+        sqlite3.connect(tmp_path / "bot.db")
+        .execute("select prompt, negative_prompt, count, seed, width, height from jobs")
+        .fetchone()
+    )
     assert row == ("a beach", "people", 1, 6, image.width, image.height)  # the option beat --seed 5
 
 
@@ -134,10 +156,14 @@ async def test_expired_token_falls_back_to_a_channel_reply(fake_discord, make_se
     fake = fake_discord
     guild, channel, alice, _ = _world(fake)
     async with run_bot(make_settings(GUILD_IDS=guild.id, DEFAULT_STEPS=8)):
-        inter = await fake.invoke("imagine", {"prompt": "a lighthouse"}, guild=guild, channel=channel, user=alice)
+        inter = await fake.invoke(
+            "imagine", {"prompt": "a lighthouse"}, guild=guild, channel=channel, user=alice
+        )
         await inter.wait_response()
         fake.expire_token(inter)
-        posted = await fake.wait_for_message(lambda m: m.interaction_id is None and _has_picture(m), timeout=120)
+        posted = await fake.wait_for_message(
+            lambda m: m.interaction_id is None and _has_picture(m), timeout=120
+        )
         assert f"<@{alice.id}>" in posted.content
         assert posted.message_reference is not None
 
@@ -168,45 +194,72 @@ async def test_cancel_button_stops_a_queued_job(fake_discord, make_settings, run
     guild, channel, alice, _ = _world(fake)
     async with run_bot(make_settings(GUILD_IDS=guild.id, ENGINE_MAX_BATCH=1, DEFAULT_STEPS=15)):
         inters = [
-            await fake.invoke("imagine", {"prompt": f"tower {i}", "count": 1}, guild=guild, channel=channel,
-                              user=alice)
+            await fake.invoke(
+                "imagine", {"prompt": f"tower {i}", "count": 1}, guild=guild, channel=channel, user=alice
+            )
             for i in range(3)
         ]
         last = inters[-1]
         status = await fake.wait_for_message(
-            lambda m: m.interaction_id == last.id and any(b.get("label") == "Cancel" for b in m.buttons()), timeout=60
+            lambda m: m.interaction_id == last.id and any(b.get("label") == "Cancel" for b in m.buttons()),
+            timeout=60,
         )
         click = await _click(fake, status, "Cancel", alice)
         await click.wait_response()
-        cancelled = await fake.wait_for_message(lambda m: m.interaction_id == last.id and "Cancelled" in m.content,
-                                                timeout=120)
+        cancelled = await fake.wait_for_message(
+            lambda m: m.interaction_id == last.id and "Cancelled" in m.content, timeout=120
+        )
         assert not cancelled.attachments
         for inter in inters[:2]:
-            await fake.wait_for_message(lambda m, i=inter: m.interaction_id == i.id and _has_picture(m), timeout=120)
+            await fake.wait_for_message(
+                lambda m, i=inter: m.interaction_id == i.id and _has_picture(m), timeout=120
+            )
         await asyncio.sleep(0.2)
-    states = sqlite3.connect(tmp_path / "bot.db").execute("select prompt, state from jobs order by prompt").fetchall()
+    states = (
+        sqlite3.connect(tmp_path / "bot.db")
+        .execute("select prompt, state from jobs order by prompt")
+        .fetchall()
+    )
     assert states == [("tower 0", "done"), ("tower 1", "done"), ("tower 2", "cancelled")]
 
 
-async def test_image_attachment_runs_img2img_and_bad_files_are_refused(fake_discord, make_settings, run_bot, tmp_path):
+async def test_image_attachment_runs_img2img_and_bad_files_are_refused(
+    fake_discord, make_settings, run_bot, tmp_path
+):
     fake = fake_discord
     guild, channel, alice, _ = _world(fake)
     source = io.BytesIO()
     Image.new("RGB", (300, 200), (200, 40, 40)).save(source, format="PNG")
     async with run_bot(make_settings(GUILD_IDS=guild.id, DEFAULT_SIZE=256)):
         inter = await fake.invoke(
-            "imagine", {"prompt": "make it blue", "strength": 0.5, "count": 1}, guild=guild, channel=channel,
-            user=alice, attachments={"image": ("red.png", source.getvalue(), "image/png")},
+            "imagine",
+            {"prompt": "make it blue", "strength": 0.5, "count": 1},
+            guild=guild,
+            channel=channel,
+            user=alice,
+            attachments={"image": ("red.png", source.getvalue(), "image/png")},
         )
-        result = await fake.wait_for_message(lambda m: m.interaction_id == inter.id and _has_picture(m), timeout=120)
+        result = await fake.wait_for_message(
+            lambda m: m.interaction_id == inter.id and _has_picture(m), timeout=120
+        )
         picture = _picture(result)
         assert picture.width > picture.height  # kept the 3:2 shape of the picture given
 
-        bad = await fake.invoke("imagine", {"prompt": "x"}, guild=guild, channel=channel, user=alice,
-                                attachments={"image": ("notes.txt", b"hello", "text/plain")})
+        bad = await fake.invoke(
+            "imagine",
+            {"prompt": "x"},
+            guild=guild,
+            channel=channel,
+            user=alice,
+            attachments={"image": ("notes.txt", b"hello", "text/plain")},
+        )
         await bad.wait_response()
         assert bad.ephemeral and "not a picture" in bad.callbacks[0]["data"]["content"]
-    rows = sqlite3.connect(tmp_path / "bot.db").execute("select kind, strength, init_image_path from jobs").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "bot.db")
+        .execute("select kind, strength, init_image_path from jobs")
+        .fetchall()
+    )
     assert len(rows) == 1 and rows[0][:2] == ("img2img", 0.5)
     with Image.open(rows[0][2]) as saved:  # the input is kept, so a restart can still run the job
         assert saved.size == (300, 200)
@@ -221,17 +274,23 @@ async def test_model_autocomplete_and_unknown_model(fake_discord, make_settings,
     (models / "v1-5-pruned-emaonly.safetensors").write_bytes(b"")
     (models / "old.ckpt").write_bytes(b"")  # a pickle: not offered unless ALLOW_PICKLE_CHECKPOINTS
     async with run_bot(make_settings(GUILD_IDS=guild.id, MODELS_DIR=models)):
-        auto = await fake.autocomplete("imagine", "model", "dream", {"prompt": "x"}, guild=guild, channel=channel,
-                                       user=alice)
+        auto = await fake.autocomplete(
+            "imagine", "model", "dream", {"prompt": "x"}, guild=guild, channel=channel, user=alice
+        )
         await auto.wait_response()
         assert [c["value"] for c in auto.autocomplete_choices] == ["dreamshaper_8"]
-        everything = await fake.autocomplete("imagine", "model", "", {"prompt": "x"}, guild=guild, channel=channel,
-                                             user=alice)
+        everything = await fake.autocomplete(
+            "imagine", "model", "", {"prompt": "x"}, guild=guild, channel=channel, user=alice
+        )
         await everything.wait_response()
-        assert [c["value"] for c in everything.autocomplete_choices] == ["dreamshaper_8", "v1-5-pruned-emaonly"]
+        assert [c["value"] for c in everything.autocomplete_choices] == [
+            "dreamshaper_8",
+            "v1-5-pruned-emaonly",
+        ]
 
-        unknown = await fake.invoke("imagine", {"prompt": "x", "model": "old"}, guild=guild, channel=channel,
-                                    user=alice)
+        unknown = await fake.invoke(
+            "imagine", {"prompt": "x", "model": "old"}, guild=guild, channel=channel, user=alice
+        )
         await unknown.wait_response()
         text = unknown.callbacks[0]["data"]["content"]
         assert unknown.ephemeral and "no model called" in text and "dreamshaper_8" in text

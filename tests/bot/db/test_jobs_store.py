@@ -15,8 +15,20 @@ async def store(tmp_path):
 
 
 def _job(job_id="j1", **kw):
-    base = dict(id=job_id, guild_id=10, channel_id=20, user_id=30, prompt="cat", seed=1, steps=2, cfg_scale=7.0,
-                sampler="Euler", width=64, height=64, count=2)
+    base = dict(
+        id=job_id,
+        guild_id=10,
+        channel_id=20,
+        user_id=30,
+        prompt="cat",
+        seed=1,
+        steps=2,
+        cfg_scale=7.0,
+        sampler="Euler",
+        width=64,
+        height=64,
+        count=2,
+    )
     base.update(kw)
     return Job(**base)
 
@@ -27,7 +39,9 @@ async def test_migrations_create_every_table_and_are_idempotent(tmp_path):
     await db.migrate()
     await db.migrate()  # a second start applies nothing and breaks nothing
     await db.close()
-    tables = {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")}
+    tables = {
+        r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")
+    }
     assert {"guilds", "users", "jobs", "images", "usage", "alembic_version"} <= tables
 
 

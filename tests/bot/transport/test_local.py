@@ -14,14 +14,14 @@ from bot.transport.local import LocalTransport, WorkerOptions
 from engine.protocol import GenerateRequest, JobDone, WorkerReady
 
 
-async def _next(events, kind, timeout=120):
+async def _next(events, kind, wait=120):
     async def find():
         async for event in events:
             if isinstance(event, kind):
                 return event
         raise AssertionError("event stream ended")
 
-    return await asyncio.wait_for(find(), timeout)
+    return await asyncio.wait_for(find(), wait)
 
 
 async def test_worker_runs_a_request_and_reports_capacity(tiny_model):
@@ -44,7 +44,9 @@ async def test_worker_runs_a_request_and_reports_capacity(tiny_model):
 async def test_sigkilled_worker_is_restarted_and_its_job_completes_once(tmp_path, tiny_model):
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
     await db.migrate()
-    transport = LocalTransport(WorkerOptions(model=str(tiny_model), device="cpu", max_batch=1), restart_delay=0.1)
+    transport = LocalTransport(
+        WorkerOptions(model=str(tiny_model), device="cpu", max_batch=1), restart_delay=0.1
+    )
     manager = JobManager(JobStore(db.sessions), transport, tmp_path / "out")
     stepping: asyncio.Queue[str] = asyncio.Queue()
     finished: list[Job] = []
@@ -58,8 +60,20 @@ async def test_sigkilled_worker_is_restarted_and_its_job_completes_once(tmp_path
     manager.subscribe(listen)
     await manager.start()
     try:
-        job = Job(id="a" * 32, guild_id=None, channel_id=1, user_id=2, prompt="a fox", seed=1, steps=8,
-                  cfg_scale=7.0, sampler="Euler", width=64, height=64, count=1)
+        job = Job(
+            id="a" * 32,
+            guild_id=None,
+            channel_id=1,
+            user_id=2,
+            prompt="a fox",
+            seed=1,
+            steps=8,
+            cfg_scale=7.0,
+            sampler="Euler",
+            width=64,
+            height=64,
+            count=1,
+        )
         await manager.submit(job)
         assert await asyncio.wait_for(stepping.get(), 120) == job.id  # mid-job: it has taken a step
         (pid,) = transport.pids()
