@@ -1,0 +1,422 @@
+"""The nats transport: engine workers on any machine, reached through a NATS JetStream work queue.
+
+Workers are ``python -m engine serve --nats URL`` processes (engine/nats_worker.py); the subjects, streams
+and bucket are in engine/nats_layout.py. This side:
+
+- publishes each job to the ``N.jobs`` work-queue stream with ``Nats-Msg-Id`` = job id, so a job
+  published twice (a bot restarted mid-queue re-publishes what was running) is queued once;
+- releases jobs only while workers have room: :meth:`free_slots` is the slots announced in the workers'
+  heartbeats minus the jobs this bot has out. The stream therefore never holds more than the workers can
+  take at once, and the JobManager's order (fairness, priorities) is the order jobs start in. This is the
+  priority mechanism: no per-tier subjects are needed, and a high-priority job waits behind at most one
+  job per free slot, like on the local transport. Workers also batch what they hold by priority;
+- reads results from the ``N.results.*`` stream through a durable consumer and acks each one only after
+  the JobManager has handled it, so results finished while the bot was down are delivered at its next
+  start; progress arrives on core NATS (lossy, never stored);
+- sends cancels to every worker (``N.cancel``); the one holding the job stops it, and a cancel is sent
+  again whenever a worker reports starting a job the bot wants cancelled.
+
+A worker that dies is not reported as a failure here: JetStream hands its jobs to another worker when
+their lease lapses, and the job's result arrives as usual (posted once: results are de-duplicated by job
+id, and the JobManager's transitions are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.nats_layout import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_NAMESPACE,
+    HEADER_HEARTBEAT,
+    HEADER_MSG_ID,
+    HEADER_OBJECT,
+    HEADER_SLOTS,
+    HEADER_STATE,
+    STATE_LEAVING,
+    Layout,
+    inline_limit,
+    pack,
+    redact,
+    unpack,
+)
+from engine.protocol import (
+    Cancel,
+    Event,
+    GenerateRequest,
+    JobCancelled,
+    JobDone,
+    JobFailed,
+    JobProgress,
+    JobStarted,
+    ProtocolError,
+    Submit,
+    WorkerReady,
+    decode,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+    from nats.js.object_store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+_CLOSED = object()
+RESULTS_ACK_WAIT = 30.0  # extended while the JobManager saves a result's images; acked after that
+MISSED_HEARTBEATS = 3  # a worker silent for this many of its heartbeat intervals is gone
+
+
+@dataclass(slots=True)
+class _Seen:
+    ready: WorkerReady
+    slots: int
+    interval: float
+    last_seen: float
+
+    def expired(self, now: float) -> bool:
+        return now - self.last_seen > MISSED_HEARTBEATS * self.interval + 1.0
+
+
+@dataclass(slots=True)
+class _Item:
+    event: Event
+    msg: Msg | None = None  # a result to ack once the JobManager handled it
+    object_name: str | None = None  # its body in the object store, deleted after the ack
+    handled: asyncio.Event | None = None
+
+
+class NatsTransport:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        inline_limit: int | None = None,
+    ) -> None:
+        self.url = url
+        self.layout = Layout(namespace)
+        self.lease_seconds = lease_seconds
+        self._inline_limit = inline_limit
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._store: ObjectStore | None = None
+        self._ready = asyncio.Event()  # connected, streams in place
+        self._workers: dict[str, _Seen] = {}
+        self._inflight: set[str] = set()  # published (or being published), no result yet
+        self._request_objects: dict[str, str] = {}  # job id -> object holding its request body
+        self._cancel_wanted: set[str] = set()
+        self._publishing: dict[str, asyncio.Task[None]] = {}  # submits waiting for the broker
+        self._events: asyncio.Queue[_Item | object] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        # Returns at once, like the local transport: the bot comes online while the broker is reached,
+        # and jobs wait in the JobManager until a worker announces itself.
+        self._spawn(self._connect_and_serve(), "nats-connect")
+
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _connect_and_serve(self) -> None:
+        import nats
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS: %s", exc)
+
+        async def on_disconnect() -> None:
+            if not self._closing:
+                log.warning("NATS connection lost; reconnecting (workers keep their jobs)")
+
+        async def on_reconnect() -> None:
+            log.info("NATS connection back")
+            await self._ping()
+
+        while self._nc is None and not self._closing:
+            try:
+                self._nc = await nats.connect(
+                    self.url,
+                    name="imaginebot",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                )
+            except Exception as exc:
+                log.warning("cannot reach NATS at %s (%s); retrying in 2 s", redact(self.url), exc)
+                await asyncio.sleep(2)
+        nc = self._nc
+        if nc is None:
+            return
+        js = nc.jetstream()
+        while self._store is None and not self._closing:
+            try:
+                self._store = await self.layout.ensure(js, lease=self.lease_seconds)
+                await self._ensure_results_consumer(js)
+            except Exception as exc:
+                log.warning("NATS JetStream not usable (%s); is the server run with -js? retrying", exc)
+                self._store = None
+                await asyncio.sleep(2)
+        self._js = js
+        await nc.subscribe(self.layout.heartbeat_subject, cb=self._on_heartbeat)
+        await nc.subscribe(self.layout.events_filter, cb=self._on_live_event)
+        self._spawn(self._read_results(js), "nats-results")
+        self._ready.set()
+        log.info("NATS transport ready on %s (namespace %s)", redact(self.url), self.layout.namespace)
+        await self._ping()
+
+    async def _ensure_results_consumer(self, js: JetStreamContext) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
+
+        # Made afresh at each start: results a killed bot had fetched but not acked come back now rather
+        # than after their ack_wait. One bot per namespace, so nobody else is reading from it; on a
+        # work-queue stream the unacked results stay stored while the consumer is gone.
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(self.layout.results_stream, self.layout.results_consumer)
+        await js.add_consumer(
+            self.layout.results_stream,
+            ConsumerConfig(
+                name=self.layout.results_consumer,
+                durable_name=self.layout.results_consumer,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=RESULTS_ACK_WAIT,
+                max_deliver=-1,
+            ),
+        )
+
+    async def _ping(self) -> None:
+        """Ask every worker for a heartbeat now, so a (re)started bot knows its capacity at once."""
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(self.layout.ping_subject, b"")
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks) + list(self._publishing.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._publishing.values(), return_exceptions=True)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        # Jobs out on workers keep running; their results wait in the stream for the next start.
+        self._events.put_nowait(_CLOSED)
+
+    # ------------------------------------------------------------------------------------- capacity
+
+    def _live_workers(self) -> list[_Seen]:
+        now = time.monotonic()
+        for worker_id, seen in list(self._workers.items()):
+            if seen.expired(now):
+                log.warning("engine worker %s stopped sending heartbeats; counting it gone", worker_id)
+                del self._workers[worker_id]
+        return list(self._workers.values())
+
+    def free_slots(self) -> int:
+        if not self._ready.is_set() or self._nc is None or not self._nc.is_connected:
+            return 0
+        return max(0, sum(w.slots for w in self._live_workers()) - len(self._inflight))
+
+    def worker_count(self) -> int:
+        return len(self._live_workers())
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            ready = decode(msg.data)
+        except ProtocolError:
+            return
+        if not isinstance(ready, WorkerReady):
+            return
+        headers = msg.headers or {}
+        if headers.get(HEADER_STATE) == STATE_LEAVING:
+            if self._workers.pop(ready.worker_id, None) is not None:
+                log.info("engine worker %s is leaving", ready.worker_id)
+            return
+        try:
+            slots = max(0, int(headers.get(HEADER_SLOTS, ready.max_batch + 1)))
+            interval = max(0.1, float(headers.get(HEADER_HEARTBEAT, 2.0)))
+        except ValueError:
+            return
+        previous = self._workers.get(ready.worker_id)
+        self._workers[ready.worker_id] = _Seen(ready, slots, interval, time.monotonic())
+        if previous is None or previous.slots != slots:
+            log.info(
+                "engine worker %s ready: %s on %s, %d slot(s)",
+                ready.worker_id,
+                ready.model,
+                ready.device,
+                slots,
+            )
+            # The JobManager dispatches after every event: this one tells it there is room now.
+            self._events.put_nowait(_Item(ready))
+
+    # --------------------------------------------------------------------------------------- submit
+
+    async def submit(self, request: GenerateRequest) -> None:
+        self._inflight.add(request.job_id)
+        if await self._publish(request):
+            return
+        # The broker is unreachable: keep trying in the background. The job stays "running" in the
+        # database meanwhile, and a restarted bot publishes it again (de-duplicated by its id).
+        self._publishing[request.job_id] = asyncio.create_task(self._publish_until_sent(request))
+
+    async def _publish(self, request: GenerateRequest) -> bool:
+        js, store, nc = self._js, self._store, self._nc
+        if js is None or store is None or nc is None:
+            return False
+        job_id = request.job_id
+        headers = {HEADER_MSG_ID: job_id}
+        limit = self._inline_limit if self._inline_limit is not None else inline_limit(nc)
+        try:
+            # A fixed object name: a job published again refers to the same object as the first message.
+            data = await pack(store, f"requests/{job_id}", encode(Submit(request)), limit, headers)
+            if HEADER_OBJECT in headers:
+                self._request_objects[job_id] = headers[HEADER_OBJECT]
+            ack = await js.publish(self.layout.jobs_subject, data, headers=headers, timeout=5)
+        except Exception as exc:
+            log.warning("could not queue job %s on NATS (%s)", job_id, exc)
+            return False
+        if ack.duplicate:
+            log.info("job %s was already in the NATS queue (published before a restart)", job_id)
+        return True
+
+    async def _publish_until_sent(self, request: GenerateRequest) -> None:
+        try:
+            delay = 1.0
+            while not self._closing:
+                await self._ready.wait()
+                if await self._publish(request):
+                    return
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+        finally:
+            self._publishing.pop(request.job_id, None)
+
+    # --------------------------------------------------------------------------------------- cancel
+
+    async def cancel(self, job_id: str) -> None:
+        pending = self._publishing.pop(job_id, None)
+        if pending is not None:  # never reached the queue: nobody else can cancel it
+            pending.cancel()
+            self._job_ended(job_id)
+            self._events.put_nowait(_Item(JobCancelled(job_id)))
+            return
+        self._cancel_wanted.add(job_id)
+        await self._send_cancel(job_id)
+
+    async def _send_cancel(self, job_id: str) -> None:
+        if self._nc is None:
+            return
+        try:
+            await self._nc.publish(self.layout.cancel_subject, encode(Cancel(job_id)))
+        except Exception as exc:
+            log.warning("could not send the cancel of job %s (%s)", job_id, exc)
+
+    # --------------------------------------------------------------------------------------- events
+
+    async def _on_live_event(self, msg: Msg) -> None:
+        try:
+            event = decode(msg.data)
+        except ProtocolError as exc:
+            log.warning("bad progress message on %s dropped: %s", msg.subject, exc)
+            return
+        if not isinstance(event, JobStarted | JobProgress):
+            return
+        if isinstance(event, JobStarted) and event.job_id in self._cancel_wanted:
+            # The cancel went out before this worker held the job (it was still queued): send it again.
+            await self._send_cancel(event.job_id)
+        self._events.put_nowait(_Item(event))
+
+    async def _read_results(self, js: JetStreamContext) -> None:
+        assert self._store is not None
+        psub = await js.pull_subscribe_bind(
+            durable=self.layout.results_consumer, stream=self.layout.results_stream
+        )
+        while not self._closing:
+            try:
+                msgs = await psub.fetch(1, timeout=5)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                log.warning("reading results from NATS failed (%s); retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            for msg in msgs:
+                item = await self._result_item(msg)
+                if item is None:
+                    continue
+                self._job_ended(item.event.job_id)  # type: ignore[union-attr]
+                self._events.put_nowait(item)
+                # One result at a time: the next is fetched once this one is handled and acked, so none
+                # waits unacked past its ack_wait while the JobManager is busy.
+                assert item.handled is not None
+                while True:
+                    try:
+                        await asyncio.wait_for(item.handled.wait(), RESULTS_ACK_WAIT / 3)
+                        break
+                    except TimeoutError:  # the JobManager is slow (large images): keep the result ours
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
+
+    async def _result_item(self, msg: Msg) -> _Item | None:
+        assert self._store is not None
+        try:
+            body, object_name = await unpack(self._store, msg.data, msg.headers)
+            event = decode(body)
+        except Exception as exc:
+            # A result body already collected and deleted (a duplicate delivery) or garbage: never useful.
+            log.warning("unreadable result on %s dropped: %s", msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return None
+        if not isinstance(event, JobDone | JobFailed | JobCancelled):
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return None
+        return _Item(event, msg, object_name, asyncio.Event())
+
+    def _job_ended(self, job_id: str) -> None:
+        self._inflight.discard(job_id)
+        self._cancel_wanted.discard(job_id)
+        name = self._request_objects.pop(job_id, None)
+        if name is not None:
+            self._spawn(self._delete_object(name), "nats-delete")
+
+    async def _delete_object(self, name: str) -> None:
+        if self._store is not None:
+            try:
+                await self._store.delete(name)
+            except Exception as exc:  # it expires with the bucket's TTL anyway
+                log.debug("object %s not deleted: %s", name, exc)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            item = await self._events.get()
+            if item is _CLOSED:
+                return
+            assert isinstance(item, _Item)
+            yield item.event
+            # Resumed: the JobManager has handled the event (it awaits each one before asking for the next).
+            if item.msg is not None:
+                with contextlib.suppress(Exception):
+                    await item.msg.ack()
+            if item.object_name is not None:
+                await self._delete_object(item.object_name)
+            if item.handled is not None:
+                item.handled.set()

@@ -1,0 +1,233 @@
+"""The NATS side of the wire: subject, stream and bucket names, and the rules for large bodies.
+
+Shared, like :mod:`engine.protocol`, by the bot's nats transport (``bot/transport/nats.py``) and the
+``python -m engine serve`` workers (``engine/nats_worker.py``); it imports nothing heavy (nats-py only).
+Message bodies are :func:`engine.protocol.encode` bytes.
+
+Layout for the namespace ``N`` (default ``imagine``)::
+
+    N.jobs             stream N-jobs (work queue, deduplicated by Nats-Msg-Id = job id for 10 min)
+                       durable pull consumer "workers", shared by every worker; ack_wait is the lease
+    N.results.<job>    stream N-results (work queue): JobDone / JobFailed / JobCancelled, durable pull
+                       consumer "bot"; a result waits there while the bot is down
+    N.events.<job>     core NATS (lossy, never stored): JobStarted, JobProgress with previews
+    N.workers          core NATS: worker heartbeats (a WorkerReady body; headers carry the slots)
+    N.ping             core NATS: the bot asks every worker to send a heartbeat now
+    N.cancel           core NATS: Cancel, heard by every worker; the one holding the job stops it
+    bucket N-blobs     object store for bodies over the server's message limit (init images, PNGs)
+
+Who creates what: both sides call :meth:`Layout.ensure` (idempotent), so start order does not matter. The
+bot passes its lease and so owns ``ack_wait``; a worker only creates the consumer when it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.client import JetStreamContext
+    from nats.js.object_store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "imagine"
+DEFAULT_LEASE_SECONDS = 30.0
+DUPLICATE_WINDOW_SECONDS = 600.0  # a bot restarted within this re-publishes its running jobs harmlessly
+RESULTS_MAX_AGE_SECONDS = 7 * 24 * 3600.0  # results and blobs nobody collects are dropped after a week
+INLINE_HEADROOM = 16 * 1024  # room for headers and the subject within the server's max_payload
+
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_OBJECT = "Imagine-Object"  # the body is in the object store under this name
+HEADER_SLOTS = "Imagine-Slots"  # jobs the worker holds at most (a full batch plus one waiting)
+HEADER_HEARTBEAT = "Imagine-Heartbeat"  # seconds between the worker's heartbeats
+HEADER_STATE = "Imagine-State"  # "ready" or "leaving"
+
+STATE_READY = "ready"
+STATE_LEAVING = "leaving"
+
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_STREAM_EXISTS_DIFFERENT = 10058
+
+
+def redact(url: str) -> str:
+    """``url`` without a user name or password, for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable NATS URL>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        # The namespace becomes a subject token, stream names and a bucket name: keep it to safe characters.
+        if not _NAMESPACE_RE.fullmatch(self.namespace):
+            raise ValueError(f"NATS namespace must be 1-64 of A-Z a-z 0-9 _ -, got {self.namespace!r}")
+
+    @property
+    def jobs_stream(self) -> str:
+        return f"{self.namespace}-jobs"
+
+    @property
+    def jobs_subject(self) -> str:
+        return f"{self.namespace}.jobs"
+
+    workers_consumer = "workers"
+    results_consumer = "bot"
+
+    @property
+    def results_stream(self) -> str:
+        return f"{self.namespace}-results"
+
+    def results_subject(self, job_id: str) -> str:
+        return f"{self.namespace}.results.{_token(job_id)}"
+
+    @property
+    def results_filter(self) -> str:
+        return f"{self.namespace}.results.*"
+
+    def events_subject(self, job_id: str) -> str:
+        return f"{self.namespace}.events.{_token(job_id)}"
+
+    @property
+    def events_filter(self) -> str:
+        return f"{self.namespace}.events.*"
+
+    @property
+    def heartbeat_subject(self) -> str:
+        return f"{self.namespace}.workers"
+
+    @property
+    def ping_subject(self) -> str:
+        return f"{self.namespace}.ping"
+
+    @property
+    def cancel_subject(self) -> str:
+        return f"{self.namespace}.cancel"
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.namespace}-blobs"
+
+    # ----------------------------------------------------------------------------------------- setup
+
+    async def ensure(self, js: JetStreamContext, lease: float | None = None) -> ObjectStore:
+        """Create the streams, the workers' consumer and the blob bucket where missing; returns the bucket.
+
+        ``lease`` (the bot's) sets the consumer's ack_wait even when it exists; ``None`` (a worker) keeps
+        whatever is there, or creates it with the default lease.
+        """
+        from nats.js.api import (
+            AckPolicy,
+            ConsumerConfig,
+            ObjectStoreConfig,
+            RetentionPolicy,
+            StorageType,
+            StreamConfig,
+        )
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+
+        await _add_stream(
+            js,
+            StreamConfig(
+                name=self.jobs_stream,
+                subjects=[self.jobs_subject],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,  # queued jobs survive a broker restart
+                duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            ),
+        )
+        await _add_stream(
+            js,
+            StreamConfig(
+                name=self.results_stream,
+                subjects=[self.results_filter],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_SECONDS,  # a job run twice is reported once
+                max_age=RESULTS_MAX_AGE_SECONDS,
+            ),
+        )
+        existing = None
+        try:
+            existing = await js.consumer_info(self.jobs_stream, self.workers_consumer)
+        except NotFoundError:
+            pass
+        if existing is None or (lease is not None and existing.config.ack_wait != lease):
+            # Creating a durable consumer that exists updates its settings (here: the lease).
+            await js.add_consumer(
+                self.jobs_stream,
+                ConsumerConfig(
+                    name=self.workers_consumer,
+                    durable_name=self.workers_consumer,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=lease or DEFAULT_LEASE_SECONDS,
+                    max_deliver=-1,  # workers fail a job that keeps killing them (see nats_worker)
+                    max_ack_pending=-1,
+                ),
+            )
+        try:
+            return await js.object_store(self.bucket)
+        except BucketNotFoundError:
+            pass
+        return await js.create_object_store(
+            self.bucket,
+            config=ObjectStoreConfig(ttl=RESULTS_MAX_AGE_SECONDS, storage=StorageType.FILE),
+        )
+
+    async def lease(self, js: JetStreamContext) -> float:
+        """The workers' consumer's current ack_wait in seconds."""
+        info = await js.consumer_info(self.jobs_stream, self.workers_consumer)
+        return float(info.config.ack_wait or DEFAULT_LEASE_SECONDS)
+
+
+def inline_limit(nc: Client) -> int:
+    """The largest body sent inline; larger ones go through the object store."""
+    return max(1024, nc.max_payload - INLINE_HEADROOM)
+
+
+async def pack(store: ObjectStore, name: str, body: bytes, limit: int, headers: dict[str, str]) -> bytes:
+    """``body`` as sent: itself, or empty with ``headers`` naming the object it was put in."""
+    if len(body) <= limit:
+        return body
+    await store.put(name, body)
+    headers[HEADER_OBJECT] = name
+    return b""
+
+
+async def unpack(store: ObjectStore, data: bytes, headers: dict[str, str] | None) -> tuple[bytes, str | None]:
+    """The body of a received message and the object it came from (None: it was inline)."""
+    name = (headers or {}).get(HEADER_OBJECT)
+    if not name:
+        return data, None
+    result = await store.get(name)
+    return result.data or b"", name
+
+
+async def _add_stream(js: JetStreamContext, config: object) -> None:
+    from nats.js.errors import BadRequestError
+
+    try:
+        await js.add_stream(config)  # type: ignore[arg-type]
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_EXISTS_DIFFERENT:
+            raise
+        # An operator may have tuned it (replicas, limits): use it as it is.
+        log.warning("NATS stream %s exists with other settings; using it as it is", config.name)  # type: ignore[attr-defined]
+
+
+def _token(job_id: str) -> str:
+    # Job ids are uuid hex; anything else must still be one subject token.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", job_id) or "_"

@@ -1,0 +1,331 @@
+"""The nats transport against a real nats-server and real `python -m engine serve` workers.
+
+Workers run the load simulation (a fixed sleep per step, small valid PNGs) so these tests measure the
+plumbing in seconds; tests/engine/test_nats_worker.py runs a worker on the tiny diffusion model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import pytest
+
+from bot.db import Database, Job, JobState
+from bot.db.jobs import JobStore
+from bot.jobs.events import JobFinished, JobStarted
+from bot.jobs.manager import JobManager
+from bot.transport.nats import NatsTransport
+from engine.nats_layout import Layout
+from engine.protocol import GenerateRequest, JobDone, WorkerReady, decode
+from engine.protocol import JobStarted as EngineJobStarted
+
+from .conftest import worker_logs
+
+SIM = ("--simulate-seconds-per-step", "0.05", "--max-batch", "1")
+
+
+def make_job(user_id: int = 1, *, steps: int = 10, priority: int = 0, prompt: str = "a fox") -> Job:
+    return Job(id=uuid.uuid4().hex, guild_id=None, channel_id=1, user_id=user_id, prompt=prompt, seed=1,
+               steps=steps, cfg_scale=7.0, sampler="Euler", width=64, height=64, count=1,
+               priority=priority)  # fmt: skip
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Recorder:
+    """What the JobManager announces."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.finished: list[Job] = []
+
+    async def __call__(self, event: object) -> None:
+        if isinstance(event, JobStarted):
+            self.started.append(event.job.id)
+        elif isinstance(event, JobFinished):
+            self.finished.append(event.job)
+
+
+@contextlib.asynccontextmanager
+async def running_manager(
+    db_path: Path, transport: NatsTransport
+) -> AsyncIterator[tuple[JobManager, Recorder]]:
+    db = Database(f"sqlite+aiosqlite:///{db_path}")
+    await db.migrate()
+    manager = JobManager(JobStore(db.sessions), transport, db_path.parent / "images")
+    recorder = Recorder()
+    manager.subscribe(recorder)
+    await manager.start()
+    try:
+        yield manager, recorder
+    finally:
+        await manager.close()
+        await db.close()
+
+
+@contextlib.asynccontextmanager
+async def watch_starts(url: str, namespace: str) -> AsyncIterator[list[tuple[str, str]]]:
+    """(job id, worker id) of every JobStarted the workers publish, in arrival order."""
+    seen: list[tuple[str, str]] = []
+    nc = await nats.connect(url)
+
+    async def on_event(msg) -> None:
+        event = decode(msg.data)
+        if isinstance(event, EngineJobStarted):
+            seen.append((event.job_id, event.worker_id))
+
+    await nc.subscribe(Layout(namespace).events_filter, cb=on_event)
+    try:
+        yield seen
+    finally:
+        await nc.close()
+
+
+def query(db_path: Path, sql: str) -> list[tuple]:
+    con = sqlite3.connect(db_path, timeout=10)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+async def test_free_slots_follow_heartbeats_and_a_draining_worker_finishes_its_job(
+    nats_server, nats_namespace, spawn_worker
+):
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=5)
+    await transport.start()
+    events = transport.events()
+    worker = spawn_worker(nats_server.url, nats_namespace, "w0", *SIM, "--slots", "2")
+    try:
+        assert transport.free_slots() == 0  # nobody announced yet: the manager holds every job back
+        ready = await asyncio.wait_for(anext(events), 30)
+        assert isinstance(ready, WorkerReady) and ready.worker_id == "w0"
+        assert transport.free_slots() == 2 and transport.worker_count() == 1
+        await transport.submit(GenerateRequest("j1", "a cat", steps=20, width=64, height=64, seed=5))
+        assert transport.free_slots() == 1
+        started = await asyncio.wait_for(anext(events), 30)
+        assert isinstance(started, EngineJobStarted) and started.worker_id == "w0"
+        worker.kill(signal.SIGTERM)  # drain: the running job still finishes and is reported
+        async for event in events:
+            if isinstance(event, JobDone):
+                break
+        assert event.job_id == "j1" and event.worker_id == "w0"
+        assert event.images[0].seed == 5 and event.images[0].png.startswith(b"\x89PNG")
+        await wait_until(lambda: transport.worker_count() == 0, 20, "the worker to leave")
+        assert transport.free_slots() == 0
+        assert await asyncio.to_thread(worker.proc.wait, 30) == 0
+    except BaseException:
+        print(worker_logs([worker]))
+        raise
+    finally:
+        await transport.close()
+
+
+async def test_three_workers_one_killed_mid_job_every_job_done_once(
+    nats_server, nats_namespace, spawn_worker, tmp_path
+):
+    workers = [spawn_worker(nats_server.url, nats_namespace, f"w{i}", *SIM) for i in range(3)]
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=2)
+    db_path = tmp_path / "bot.db"
+    jobs = [make_job(user_id=1 + i % 3, prompt=f"fox {i}") for i in range(12)]
+    try:
+        async with (
+            watch_starts(nats_server.url, nats_namespace) as starts,
+            running_manager(db_path, transport) as (manager, recorder),
+        ):
+            await wait_until(lambda: transport.worker_count() == 3, 30, "three workers")
+            for job in jobs:
+                await manager.submit(job)
+            # Kill w1 the moment it is working on something.
+            await wait_until(lambda: any(w == "w1" for _, w in starts), 20, "w1 to start a job")
+            killed_job = next(j for j, w in starts if w == "w1")
+            await asyncio.sleep(0.1)
+            workers[1].kill(signal.SIGKILL)
+            await wait_until(lambda: len(recorder.finished) >= len(jobs), 60, "every job to finish")
+            await asyncio.sleep(1.0)  # room for a wrong second result to show up
+
+            assert Counter(j.id for j in recorder.finished) == Counter(j.id for j in jobs)
+            assert {j.state for j in recorder.finished} == {JobState.DONE}
+            # The killed worker's job came back after its lease and ran elsewhere.
+            assert any(j == killed_job and w != "w1" for j, w in starts)
+            nc = await nats.connect(nats_server.url)
+            info = await nc.jetstream().stream_info(Layout(nats_namespace).jobs_stream)
+            await nc.close()
+            assert info.state.messages == 0  # every job acked
+    except BaseException:
+        print(worker_logs(workers))
+        raise
+    assert query(db_path, "select count(*), count(distinct job_id) from usage") == [(12, 12)]
+    assert query(db_path, "select count(*) from images") == [(12,)]
+
+
+async def test_cancel_reaches_the_worker_holding_the_job(nats_server, nats_namespace, spawn_worker, tmp_path):
+    worker = spawn_worker(nats_server.url, nats_namespace, "w0", *SIM)
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=5)
+    try:
+        async with (
+            watch_starts(nats_server.url, nats_namespace) as starts,
+            running_manager(tmp_path / "bot.db", transport) as (manager, recorder),
+        ):
+            await wait_until(lambda: transport.worker_count() == 1, 30, "the worker")
+            long_job = make_job(steps=400)  # 20 s of simulated work
+            await manager.submit(long_job)
+            await wait_until(lambda: bool(starts), 10, "the job to start on the worker")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            assert await manager.cancel(long_job.id)
+            await wait_until(lambda: bool(recorder.finished), 5, "the cancel")
+            assert loop.time() - t0 < 2
+            assert recorder.finished[0].state is JobState.CANCELLED
+            # The worker is free again and takes the next job.
+            follow_up = make_job(steps=2)
+            await manager.submit(follow_up)
+            await wait_until(lambda: len(recorder.finished) == 2, 10, "the next job")
+            assert recorder.finished[1].id == follow_up.id and recorder.finished[1].state is JobState.DONE
+    except BaseException:
+        print(worker_logs([worker]))
+        raise
+
+
+async def test_a_job_longer_than_its_lease_stays_with_its_worker(
+    nats_server, nats_namespace, spawn_worker, tmp_path
+):
+    workers = [spawn_worker(nats_server.url, nats_namespace, f"w{i}", *SIM) for i in range(2)]
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=1)
+    try:
+        async with (
+            watch_starts(nats_server.url, nats_namespace) as starts,
+            running_manager(tmp_path / "bot.db", transport) as (manager, recorder),
+        ):
+            await wait_until(lambda: transport.worker_count() == 2, 30, "two workers")
+            job = make_job(steps=60)  # 3 s of work against a 1 s lease: kept alive by in_progress()
+            await manager.submit(job)
+            await wait_until(lambda: bool(recorder.finished), 30, "the job")
+            assert recorder.finished[0].state is JobState.DONE
+            assert [job_id for job_id, _ in starts] == [job.id]  # started once: never redelivered
+    except BaseException:
+        print(worker_logs(workers))
+        raise
+
+
+async def test_priority_survives_the_transport(nats_server, nats_namespace, spawn_worker, tmp_path):
+    # One worker holding one job at a time: the order jobs start in is the order the manager released them.
+    worker = spawn_worker(nats_server.url, nats_namespace, "w0", *SIM, "--slots", "1")
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=5)
+    try:
+        async with (
+            watch_starts(nats_server.url, nats_namespace) as starts,
+            running_manager(tmp_path / "bot.db", transport) as (manager, recorder),
+        ):
+            await wait_until(lambda: transport.worker_count() == 1, 30, "the worker")
+            normal = [make_job(user_id=1, steps=4, prompt=f"n{i}") for i in range(5)]
+            for job in normal:
+                await manager.submit(job)
+            urgent = make_job(user_id=2, steps=4, priority=10, prompt="urgent")
+            await manager.submit(urgent)
+            await wait_until(lambda: len(recorder.finished) == 6, 30, "every job")
+            order = [job_id for job_id, _ in starts]
+            assert order.index(urgent.id) <= 1, order  # behind at most the one job already out
+    except BaseException:
+        print(worker_logs([worker]))
+        raise
+
+
+async def test_bot_killed_mid_queue_and_restarted_loses_nothing(fake_discord, tmp_path, spawn_worker):
+    """The real `python -m bot` with ENGINE_TRANSPORT=nats, SIGKILLed while jobs are queued and running,
+    then started again: every job is posted exactly once and counted once."""
+    from tests.bot.test_restart import BotProcess, bot_env
+
+    from .conftest import start_nats_server
+
+    server = start_nats_server(tmp_path / "nats")  # the bot uses the default namespace: a broker of its own
+    fake = fake_discord
+    guild = fake.add_guild("NATS Club")
+    channel = fake.add_channel(guild, "art")
+    users = [fake.add_user(f"artist{i}") for i in range(3)]
+    for user in users:
+        fake.add_member(guild, user)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    env = bot_env(fake, tmp_path, tmp_path / "unused-model", guild.id)
+    env.update(ENGINE_TRANSPORT="nats", NATS_URL=server.url, DEFAULT_STEPS="10")
+    workers = [spawn_worker(server.url, "imagine", f"w{i}", *SIM) for i in range(2)]
+    bot = BotProcess(env, workdir)
+    db_path = tmp_path / "bot.db"
+    total = 9
+    try:
+        await bot.start()
+        await bot.wait_ready()
+        for turn in range(total // len(users)):
+            for user in users:
+                inter = await fake.invoke("imagine", {"prompt": f"harbour {turn} by {user.username}"},
+                                          guild=guild, channel=channel, user=user)  # fmt: skip
+                await inter.wait_response()
+        await fake.wait_until(lambda: len(query(db_path, "select id from jobs")) == total, timeout=30)
+        await fake.wait_until(
+            lambda: any(a.filename.endswith(".png") for m in fake.messages for a in m.attachments), timeout=60
+        )
+        await bot.kill(signal.SIGKILL)
+        assert query(db_path, "select count(*) from jobs where delivered_at is null")[0][0] > 0
+
+        await bot.start()
+        await bot.wait_ready()
+        await fake.wait_until(
+            lambda: query(db_path, "select count(*) from jobs where delivered_at is not null")[0][0] == total,
+            timeout=60,
+        )
+        await asyncio.sleep(1.0)  # a duplicate post, if the bot were to make one, would land now
+    except BaseException:
+        print(bot.tail())
+        print(worker_logs(workers))
+        raise
+    finally:
+        await bot.kill(signal.SIGINT)
+        server.stop()
+
+    jobs = query(db_path, "select id, state from jobs")
+    assert len(jobs) == total and {state for _, state in jobs} == {"done"}
+    posted = Counter(
+        a.filename.rsplit(".", 1)[0] for m in fake.messages if not m.deleted
+        for a in m.attachments if a.filename.endswith(".png")
+    )  # fmt: skip
+    assert posted == Counter({job_id: 1 for job_id, _ in jobs}), posted
+    assert query(db_path, "select count(*), count(distinct job_id) from usage") == [(total, total)]
+
+
+def test_layout_rejects_unsafe_namespaces():
+    with pytest.raises(ValueError):
+        Layout("a.b")
+    with pytest.raises(ValueError):
+        Layout("")
+    assert Layout("imagine").results_subject("ab.c*") == "imagine.results.ab_c_"
+
+
+def test_scaleout_benchmark_runs(nats_server, tmp_path, capsys):
+    # Benchmarks measure, tests do not assert timings: this only keeps bench/scaleout.py working.
+    import json
+
+    from bench.scaleout import main
+
+    out = tmp_path / "scaleout.json"
+    args = ["--workers", "1,2", "--jobs-per-worker", "2", "--steps", "2", "--nats", nats_server.url]
+    assert main([*args, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [run["workers"] for run in report["runs"]] == [1, 2]
+    assert [run["jobs"] for run in report["runs"]] == [2, 4]
+    assert "| workers |" in capsys.readouterr().out
