@@ -57,7 +57,9 @@ def make_transport(settings: Settings) -> Transport:
     if settings.engine_transport == "nats":
         from bot.transport.nats import NatsTransport
 
-        return NatsTransport(settings.nats_url)  # workers: python -m engine serve --nats URL
+        return NatsTransport(
+            settings.nats_url, namespace=settings.nats_namespace, lease_seconds=settings.nats_lease_seconds
+        )  # workers: python -m engine serve --nats URL
     raise NotImplementedError(f"ENGINE_TRANSPORT={settings.engine_transport} is not available yet")
 
 

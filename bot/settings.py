@@ -120,6 +120,13 @@ def _device(raw: str) -> str:
     return value
 
 
+def _namespace(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError(f"expected 1-64 of A-Z a-z 0-9 _ -, got {raw!r}")
+    return value
+
+
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -193,6 +200,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("ENGINE_MAX_BATCH", _int(1, 64), "4", "Most images one UNet batch runs together"),
     Spec("ENGINE_ARGS", _str, "", "Extra flags for each engine worker, e.g. --compile or --cpu-offload"),
     Spec("NATS_URL", _url("nats", "tls"), "nats://127.0.0.1:4222", "NATS server URL (nats transport)"),
+    Spec("NATS_NAMESPACE", _namespace, "imagine", "Prefix of NATS subjects and streams"),
+    Spec("NATS_LEASE_SECONDS", _int(5, 3600), "30", "Seconds until a dead worker's job is requeued"),
     Spec("DEFAULT_STEPS", _int(1, 150), "20", "Steps when the user gives none"),
     Spec("DEFAULT_CFG", _str, "7", "CFG scale when the user gives none"),
     Spec("DEFAULT_SAMPLER", _str, "DPM++ 2M Karras", "Sampler (A1111 name) when the user gives none"),
@@ -246,6 +255,8 @@ class Settings:
     engine_max_batch: int
     engine_args: tuple[str, ...]
     nats_url: str
+    nats_namespace: str
+    nats_lease_seconds: int
     default_steps: int
     default_cfg: float
     default_sampler: str
@@ -324,6 +335,8 @@ class Settings:
             engine_max_batch=p["ENGINE_MAX_BATCH"],
             engine_args=tuple(p["ENGINE_ARGS"].split()),
             nats_url=p["NATS_URL"],
+            nats_namespace=p["NATS_NAMESPACE"],
+            nats_lease_seconds=p["NATS_LEASE_SECONDS"],
             default_steps=p["DEFAULT_STEPS"],
             default_cfg=cfg,
             default_sampler=p["DEFAULT_SAMPLER"],
