@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image, PngImagePlugin
 
-from engine import devices, loading, pnginfo
+from engine import devices, loading, pnginfo, prompts
 from engine.preview import Previewer
 from engine.protocol import (
     Event,
@@ -80,6 +80,9 @@ class BatchKey(NamedTuple):
     sampler: str
     cfg_scale: float
     strength: float | None
+    # Rows of a batch are padded to one prompt length, which shifts a short prompt's image slightly:
+    # only prompts of the same number of 77-token chunks share a batch (engine/prompts.py).
+    chunks: int = 1
 
 
 @dataclass(eq=False)
@@ -311,12 +314,17 @@ class Runner:
             sampler,
             float(request.cfg_scale),
             strength,
+            self._chunks(request),
         )
         with self._lock:
             self._order += 1
             return Job(
                 request=request, key=key, source=source, init_image=init, order=self._order, upscale=upscale
             )
+
+    def _chunks(self, request: GenerateRequest) -> int:
+        tokenizer = getattr(self.pipe, "tokenizer", None)  # None while another model loads
+        return prompts.chunk_count(tokenizer, request.prompt, request.negative_prompt) if tokenizer else 1
 
     def plan(self, jobs: Iterable[Job]) -> list[tuple[Job, list[int]]]:
         """The next batch: the most urgent job's next images (at most ``max_batch``), then whole compatible
@@ -500,6 +508,12 @@ class Runner:
             strength = key.strength or 1.0
             if int(key.steps * strength) < 1:  # diffusers runs int(steps * strength) steps: at least one
                 kwargs["num_inference_steps"] = math.ceil(1 / strength)
+        embeds = prompts.encode_prompts(
+            pipe, kwargs["prompt"], kwargs["negative_prompt"], self.device, self.dtype
+        )
+        if embeds is not None:  # A1111 emphasis, BREAK or over 75 tokens: see engine/prompts.py
+            del kwargs["prompt"], kwargs["negative_prompt"]
+            kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = embeds
         pipe.scheduler = make_scheduler(key.sampler, self._base_scheduler_config)
         if key.width * key.height > TILING_ABOVE_PIXELS:
             pipe.vae.enable_tiling()

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.admin._common import FriendlyErrors
 from bot.cogs.imagine._delivery import LiveReply, edit_progress, edit_status, find_posted, is_dead_token
 from bot.cogs.imagine._submit import Origin, Prepared, prepare, submit
 from bot.cogs.imagine._views import JobButton, cancel_view, result_view
@@ -91,7 +92,7 @@ def _params_of(job: Job, **changes: object) -> Params:
     return Params(**values)  # type: ignore[arg-type]
 
 
-class ImagineCog(commands.Cog):
+class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explanations
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.live: dict[str, LiveReply] = {}
