@@ -14,7 +14,8 @@ class Transport(Protocol):
         """Start workers or connect; returns once jobs can be submitted."""
 
     def free_slots(self) -> int:
-        """How many more jobs the workers can take right now (the manager dispatches up to this)."""
+        """How much more work the workers can take right now, in the transport's own unit (images for
+        the local transport); the manager dispatches the next job while this is above zero."""
 
     def worker_count(self) -> int:
         """Workers ready now (for wait estimates: the queue drains this many jobs at a time)."""

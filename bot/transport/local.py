@@ -82,14 +82,18 @@ class _Worker:
     proc: asyncio.subprocess.Process | None = None
     ready: bool = False
     max_batch: int = 1
-    inflight: set[str] = field(default_factory=set)
+    inflight: dict[str, int] = field(default_factory=dict)  # job id -> its image count
     reader: asyncio.Task[None] | None = None
     failures_before_ready: int = 0
 
     @property
-    def capacity(self) -> int:
-        # One job beyond a full batch waits inside the worker, so the GPU never idles between batches.
-        return self.max_batch + 1 if self.ready else 0
+    def room(self) -> int:
+        """Images this worker can still take. Counted in images, not jobs: the engine batches images,
+        and two batches' worth in hand means the next batch is ready when one finishes, whether the
+        jobs ask for one image or four."""
+        if not self.ready:
+            return 0
+        return max(0, 2 * self.max_batch - sum(self.inflight.values()))
 
 
 class LocalTransport:
@@ -153,7 +157,7 @@ class LocalTransport:
             worker.failures_before_ready = 0
             log.info("engine worker %s ready: %s on %s", worker.worker_id, message.model, message.device)
         elif isinstance(message, JobDone | JobFailed | JobCancelled):
-            worker.inflight.discard(message.job_id)
+            worker.inflight.pop(message.job_id, None)
         self._events.put_nowait(message)
 
     def _on_exit(self, worker: _Worker, code: int) -> None:
@@ -184,19 +188,19 @@ class LocalTransport:
             await self._spawn(worker)
 
     def free_slots(self) -> int:
-        return sum(max(0, w.capacity - len(w.inflight)) for w in self._workers)
+        return sum(w.room for w in self._workers)
 
     def worker_count(self) -> int:
         return sum(1 for w in self._workers if w.ready)
 
     async def submit(self, request: GenerateRequest) -> None:
-        candidates = [w for w in self._workers if w.capacity > len(w.inflight)]
+        candidates = [w for w in self._workers if w.room > 0]
         if not candidates:
             raise RuntimeError("no engine worker has a free slot")  # the manager checks free_slots first
-        worker = min(candidates, key=lambda w: len(w.inflight) / w.capacity)
-        worker.inflight.add(request.job_id)
+        worker = max(candidates, key=lambda w: w.room / w.max_batch)
+        worker.inflight[request.job_id] = request.count
         if not await self._send(worker, Submit(request)):
-            worker.inflight.discard(request.job_id)
+            worker.inflight.pop(request.job_id, None)
             self._events.put_nowait(JobFailed(request.job_id, "the engine worker stopped", retryable=True))
 
     async def cancel(self, job_id: str) -> None:

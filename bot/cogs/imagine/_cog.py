@@ -226,7 +226,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         callback = await interaction.response.defer(thinking=True)
         job = prepared.job
         # Registered before submitting: the job may start (and even finish) before submit returns.
-        reply = self.live[job.id] = LiveReply(interaction=interaction)
+        reply = self.live[job.id] = LiveReply(interaction=interaction, headline=self._headline(job))
         try:
             ticket = await submit(
                 self.bot,
@@ -278,10 +278,9 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             await self.deliver(event.job)
 
     async def _progress(self, reply: LiveReply, event: JobProgress) -> None:
-        job = await self.bot.store.get(event.job_id)
-        if job is None:
-            return
-        content = f"{self._headline(job)}\n🎨 Step {event.step}/{event.total}"
+        if not reply.wants_progress():
+            return  # most steps: nothing to show yet, so no work at all
+        content = f"{reply.headline}\n🎨 Step {event.step}/{event.total}"
         if event.preview:
             await edit_progress(
                 reply, content=content, attachments=[discord.File(io.BytesIO(event.preview), "preview.webp")]
@@ -570,7 +569,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         except discord.HTTPException as exc:
             log.warning("cannot post a reroll status in %s: %s", payload.channel_id, exc)
             return
-        reply = self.live[prepared.job.id] = LiveReply(message=status)
+        reply = self.live[prepared.job.id] = LiveReply(message=status, headline=self._headline(prepared.job))
         ticket = await submit(self.bot, prepared, status_message_id=status.id)
         if ticket.job.state is JobState.QUEUED:
             await edit_status(

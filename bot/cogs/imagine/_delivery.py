@@ -32,9 +32,19 @@ class LiveReply:
 
     interaction: discord.Interaction | None = None
     message: discord.Message | None = None
+    headline: str = ""  # the first line of every status edit, kept here so progress needs no database read
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_edit: float = 0.0
     finished: bool = False
+
+    def wants_progress(self) -> bool:
+        """Whether a progress edit now would be shown (not throttled, not busy, not finished)."""
+        return (
+            not self.finished
+            and not self.lock.locked()
+            and self.alive()
+            and time.monotonic() - self.last_edit >= PROGRESS_MIN_INTERVAL
+        )
 
     def alive(self) -> bool:
         if self.interaction is not None:
@@ -62,9 +72,7 @@ def is_dead_token(exc: discord.HTTPException) -> bool:
 
 async def edit_progress(reply: LiveReply, **fields: object) -> None:
     """A best-effort status edit: skipped while another edit runs or if the last one was too recent."""
-    if reply.finished or reply.lock.locked() or not reply.alive():
-        return
-    if time.monotonic() - reply.last_edit < PROGRESS_MIN_INTERVAL:
+    if not reply.wants_progress():
         return
     async with reply.lock:
         if reply.finished:

@@ -31,12 +31,13 @@ async def test_worker_runs_a_request_and_reports_capacity(tiny_model):
     try:
         assert transport.free_slots() == 0  # not ready yet: nothing is dispatched to a loading worker
         ready = await _next(events, WorkerReady)
-        assert ready.max_batch == 2 and transport.free_slots() == 3
+        assert ready.max_batch == 2 and transport.free_slots() == 4  # two batches' worth of images
         await transport.submit(GenerateRequest("j1", "a cat", seed=3, steps=2, width=64, height=64, count=2))
+        assert transport.free_slots() == 2  # counted in images: the job holds two
         done = await _next(events, JobDone)
         assert done.job_id == "j1" and [i.seed for i in done.images] == [3, 4]
         assert all(i.png.startswith(b"\x89PNG") for i in done.images)
-        assert transport.free_slots() == 3
+        assert transport.free_slots() == 4
     finally:
         await transport.close()
 
