@@ -36,6 +36,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from engine import devices, loading, pnginfo, prompts
+from engine.batching import plan_batch
 from engine.preview import Previewer
 from engine.protocol import (
     Event,
@@ -327,29 +328,9 @@ class Runner:
         return prompts.chunk_count(tokenizer, request.prompt, request.negative_prompt) if tokenizer else 1
 
     def plan(self, jobs: Iterable[Job]) -> list[tuple[Job, list[int]]]:
-        """The next batch: the most urgent job's next images (at most ``max_batch``), then whole compatible
-        jobs (same :class:`BatchKey`) in priority order while they fit."""
+        """The next batch (engine/batching.py's rule)."""
         with self._lock:
-            ready = sorted(
-                (j for j in jobs if not j.finished and not j.cancelled and j.remaining > 0),
-                key=lambda j: (-j.request.priority, j.order),
-            )
-            if not ready:
-                return []
-            head = ready[0]
-            take = min(head.remaining, self.max_batch)
-            batch = [(head, list(range(head.next_index, head.next_index + take)))]
-            room = self.max_batch - take
-            for job in ready[1:]:
-                if room <= 0:
-                    break
-                if job.key == head.key and job.remaining <= room:
-                    batch.append((job, list(range(job.next_index, job.request.count))))
-                    room -= job.remaining
-            for job, indices in batch:
-                job.next_index = indices[-1] + 1
-                job.running = True
-            return batch
+            return plan_batch(jobs, self.max_batch)
 
     def cancel(self, job: Job, emit: Emit) -> bool:
         """Cancel ``job``: at once when it is not running, else at the next denoising step. False when it

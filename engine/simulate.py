@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from engine.batching import plan_batch
 from engine.protocol import (
     Event,
     GenerateRequest,
@@ -96,26 +97,9 @@ class SimulatedRunner:
             return SimJob(request, self._order)
 
     def plan(self, jobs: Iterable[SimJob]) -> list[tuple[SimJob, list[int]]]:
-        """The Runner's rule: the most urgent job's next images, then whole compatible jobs that fit."""
+        """The next batch (engine/batching.py's rule)."""
         with self._lock:
-            ready = sorted(
-                (j for j in jobs if not j.finished and not j.cancelled and j.remaining > 0),
-                key=lambda j: (-j.request.priority, j.order),
-            )
-            if not ready:
-                return []
-            head = ready[0]
-            take = min(head.remaining, self.max_batch)
-            batch = [(head, list(range(head.next_index, head.next_index + take)))]
-            room = self.max_batch - take
-            for job in ready[1:]:
-                if room > 0 and job.key == head.key and job.remaining <= room:
-                    batch.append((job, list(range(job.next_index, job.request.count))))
-                    room -= job.remaining
-            for job, indices in batch:
-                job.next_index = indices[-1] + 1
-                job.running = True
-            return batch
+            return plan_batch(jobs, self.max_batch)
 
     def run_batch(self, batch: Sequence[tuple[SimJob, list[int]]], emit: Emit) -> None:
         if not batch:
