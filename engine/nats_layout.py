@@ -43,7 +43,7 @@ INLINE_HEADROOM = 16 * 1024  # room for headers and the subject within the serve
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_OBJECT = "Imagine-Object"  # the body is in the object store under this name
-HEADER_SLOTS = "Imagine-Slots"  # jobs the worker holds at most (a full batch plus one waiting)
+HEADER_SLOTS = "Imagine-Slots"  # images the worker holds at most (two batches' worth)
 HEADER_HEARTBEAT = "Imagine-Heartbeat"  # seconds between the worker's heartbeats
 HEADER_STATE = "Imagine-State"  # "ready" or "leaving"
 

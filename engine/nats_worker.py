@@ -3,8 +3,8 @@
 Run one per GPU, on any machine that reaches the broker. The worker loads its model, then:
 
 - announces itself on ``N.workers`` every ``--heartbeat-seconds`` (and at once when the bot pings) with
-  its slots (a full batch plus one waiting), so the bot releases jobs only when someone can take them;
-- pulls one job at a time from the shared ``workers`` consumer while it holds fewer than its slots, and
+  its slots (in images: two batches' worth), so the bot releases jobs only when someone can take them;
+- pulls one job at a time from the shared ``workers`` consumer while it holds fewer images than its slots, and
   extends the lease of every job it holds (``msg.in_progress()``) every third of ``ack_wait`` (2 s at most);
 - runs held jobs in batches on the engine's :class:`~engine.runner.Runner` (a thread; this loop never
   blocks on the GPU), publishing JobStarted/JobProgress on core NATS as they happen;
@@ -132,7 +132,8 @@ class NatsWorker:
         self.url = url
         self.layout = Layout(namespace)
         # One job beyond a full batch waits here, so the GPU never idles between batches.
-        self.slots = slots if slots is not None else runner.max_batch + 1
+        # Slots count images: two batches' worth in hand keeps the next batch ready, for 1-image jobs too.
+        self.slots = slots if slots is not None else 2 * runner.max_batch
         self.heartbeat_seconds = heartbeat_seconds
         self.max_deliveries = max_deliveries
         self.fetch_timeout = fetch_timeout
@@ -285,7 +286,7 @@ class NatsWorker:
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription) -> None:
         while not self._stopping:
-            if len(self._held) >= self.slots:
+            if sum(h.job.request.count for h in self._held.values()) >= self.slots:
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -564,7 +565,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"subject/stream prefix shared with the bot (default {DEFAULT_NAMESPACE})",
     )
     parser.add_argument("--worker-id", default=os.environ.get("ENGINE_WORKER_ID") or None)
-    parser.add_argument("--slots", type=int, default=None, help="jobs held at once (default: max batch + 1)")
+    parser.add_argument("--slots", type=int, default=None, help="images held (default: 2 x max batch)")
     parser.add_argument("--heartbeat-seconds", type=float, default=DEFAULT_HEARTBEAT_SECONDS)
     parser.add_argument(
         "--max-deliveries",

@@ -6,10 +6,11 @@ and bucket are in engine/nats_layout.py. This side:
 - publishes each job to the ``N.jobs`` work-queue stream with ``Nats-Msg-Id`` = job id, so a job
   published twice (a bot restarted mid-queue re-publishes what was running) is queued once;
 - releases jobs only while workers have room: :meth:`free_slots` is the slots announced in the workers'
-  heartbeats minus the jobs this bot has out. The stream therefore never holds more than the workers can
-  take at once, and the JobManager's order (fairness, priorities) is the order jobs start in. This is the
-  priority mechanism: no per-tier subjects are needed, and a high-priority job waits behind at most one
-  job per free slot, like on the local transport. Workers also batch what they hold by priority;
+  heartbeats (in images) minus the images of the jobs this bot has out. The stream therefore never holds
+  more than the workers can take at once, and the JobManager's order (fairness, priorities) is the order
+  jobs start in. This is the priority mechanism: no per-tier subjects are needed, and a high-priority job
+  waits behind at most the workers' two batches in hand, like on the local transport. Workers also batch
+  what they hold by priority;
 - reads results from the ``N.results.*`` stream through a durable consumer and acks each one only after
   the JobManager has handled it, so results finished while the bot was down are delivered at its next
   start; progress arrives on core NATS (lossy, never stored);
@@ -112,7 +113,8 @@ class NatsTransport:
         self._store: ObjectStore | None = None
         self._ready = asyncio.Event()  # connected, streams in place
         self._workers: dict[str, _Seen] = {}
-        self._inflight: set[str] = set()  # published (or being published), no result yet
+        # published (or being published), no result yet: job id -> its images (capacity is in images)
+        self._inflight: dict[str, int] = {}
         self._request_objects: dict[str, str] = {}  # job id -> object holding its request body
         self._cancel_wanted: set[str] = set()
         self._publishing: dict[str, asyncio.Task[None]] = {}  # submits waiting for the broker
@@ -231,7 +233,7 @@ class NatsTransport:
     def free_slots(self) -> int:
         if not self._ready.is_set() or self._nc is None or not self._nc.is_connected:
             return 0
-        return max(0, sum(w.slots for w in self._live_workers()) - len(self._inflight))
+        return max(0, sum(w.slots for w in self._live_workers()) - sum(self._inflight.values()))
 
     def worker_count(self) -> int:
         return len(self._live_workers())
@@ -249,7 +251,7 @@ class NatsTransport:
                 log.info("engine worker %s is leaving", ready.worker_id)
             return
         try:
-            slots = max(0, int(headers.get(HEADER_SLOTS, ready.max_batch + 1)))
+            slots = max(0, int(headers.get(HEADER_SLOTS, 2 * ready.max_batch)))
             interval = max(0.1, float(headers.get(HEADER_HEARTBEAT, 2.0)))
         except ValueError:
             return
@@ -269,7 +271,7 @@ class NatsTransport:
     # --------------------------------------------------------------------------------------- submit
 
     async def submit(self, request: GenerateRequest) -> None:
-        self._inflight.add(request.job_id)
+        self._inflight[request.job_id] = request.count
         if await self._publish(request):
             return
         # The broker is unreachable: keep trying in the background. The job stays "running" in the
@@ -392,7 +394,7 @@ class NatsTransport:
         return _Item(event, msg, object_name, asyncio.Event())
 
     def _job_ended(self, job_id: str) -> None:
-        self._inflight.discard(job_id)
+        self._inflight.pop(job_id, None)
         self._cancel_wanted.discard(job_id)
         name = self._request_objects.pop(job_id, None)
         if name is not None:

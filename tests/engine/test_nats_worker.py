@@ -84,7 +84,7 @@ async def test_tiny_model_worker_serves_a_job(nats_server, nats_namespace, spawn
     events = transport.events()
     try:
         ready = await next_of(events, WorkerReady, 120)
-        assert ready.worker_id == "gpu0" and ready.max_batch == 2 and transport.free_slots() == 3
+        assert ready.worker_id == "gpu0" and ready.max_batch == 2 and transport.free_slots() == 4  # images
         await transport.submit(
             GenerateRequest(
                 "tiny1", "a lighthouse", seed=7, steps=2, width=64, height=64, count=2, sampler="Euler"
