@@ -625,19 +625,6 @@ def _make_runner(args: argparse.Namespace, worker_id: str) -> RunnerLike:
         return SimulatedRunner(args.simulate_seconds_per_step, max_batch=args.max_batch, worker_id=worker_id)
     if not args.model:
         raise ValueError("--model is required (or ENGINE_MODEL)")
-    from engine.runner import Runner
+    from engine.worker import runner_from_args
 
-    return Runner(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch=args.max_batch,
-        models_dir=args.models_dir,
-        allow_pickle=args.allow_pickle,
-        single_file_config=args.single_file_config,
-        taesd=args.taesd,
-        safety_checker=args.safety_checker,
-        compile=args.compile,
-        cpu_offload=args.cpu_offload,
-        worker_id=worker_id,
-    )
+    return runner_from_args(args, worker_id)

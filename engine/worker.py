@@ -182,6 +182,26 @@ class Worker:
         return 0
 
 
+def runner_from_args(args: Any, worker_id: str) -> Any:
+    """The engine's Runner configured by the model flags every worker shares (``worker`` and ``serve``)."""
+    from engine.runner import Runner
+
+    return Runner(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch=args.max_batch,
+        models_dir=args.models_dir,
+        allow_pickle=args.allow_pickle,
+        single_file_config=args.single_file_config,
+        taesd=args.taesd,
+        safety_checker=args.safety_checker,
+        compile=args.compile,
+        cpu_offload=args.cpu_offload,
+        worker_id=worker_id,
+    )
+
+
 def run_worker(args: Any) -> int:
     """Entry point of ``python -m engine worker`` (``args`` from the CLI parser)."""
     out = claim_stdout()
@@ -191,23 +211,9 @@ def run_worker(args: Any) -> int:
         format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
     )
     from engine.loading import ModelLoadError
-    from engine.runner import Runner
 
     try:
-        runner = Runner(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            max_batch=args.max_batch,
-            models_dir=args.models_dir,
-            allow_pickle=args.allow_pickle,
-            single_file_config=args.single_file_config,
-            taesd=args.taesd,
-            safety_checker=args.safety_checker,
-            compile=args.compile,
-            cpu_offload=args.cpu_offload,
-            worker_id=args.worker_id or f"{os.uname().nodename}-{os.getpid()}",
-        )
+        runner = runner_from_args(args, args.worker_id or f"{os.uname().nodename}-{os.getpid()}")
     except (ModelLoadError, ValueError, FileNotFoundError) as exc:
         print(f"engine: cannot start: {exc}", file=sys.stderr)
         return 2
