@@ -81,6 +81,11 @@ def _add_model_flags(p: argparse.ArgumentParser, *, model_required: bool) -> Non
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (warmed up at start)")
     p.add_argument("--cpu-offload", action="store_true", help="model CPU offload for 4 GB-class GPUs")
     p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="UNet in channels_last memory format (measured slower for SD 1.5 on an H200: BENCHMARKS.md)",
+    )
+    p.add_argument(
         "--max-batch",
         type=int,
         default=int(os.environ.get("ENGINE_MAX_BATCH", "4")),
@@ -178,6 +183,7 @@ def _generate(args: argparse.Namespace) -> int:
         single_file_config=args.single_file_config,
         compile=args.compile,
         cpu_offload=args.cpu_offload,
+        channels_last=args.channels_last,
     )
     bar = tqdm(total=None, unit="step", file=sys.stderr, desc="generating")
 

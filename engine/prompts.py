@@ -163,9 +163,22 @@ def _finish_chunk(tokenizer: Any, tokens: list[int], multipliers: list[float]) -
     )
 
 
+_COMMA = ",</w>"
+
+
 def empty_chunk(tokenizer: Any) -> PromptChunk:
     """The chunk of the empty prompt (A1111 pads shorter prompts with it)."""
     return _finish_chunk(tokenizer, [], [])
+
+
+def _comma_id(tokenizer: Any) -> int | None:
+    """The id of CLIP's "," token, or None when the vocabulary has none. ``convert_tokens_to_ids`` looks one
+    token up; ``get_vocab()`` copies all 49,408 entries of SD's vocabulary (20-60 ms), which on every request
+    was most of the engine's per-image CPU cost on a GPU (BENCHMARKS.md, GPU results)."""
+    token_id = tokenizer.convert_tokens_to_ids(_COMMA)
+    if token_id is None or (token_id == tokenizer.unk_token_id and tokenizer.unk_token != _COMMA):
+        return None
+    return int(token_id)
 
 
 def tokenize_prompt(
@@ -182,7 +195,7 @@ def tokenize_prompt(
     ]
     # verbose=False: token lists longer than 77 are the point here, not a reason for transformers to warn.
     tokenized = tokenizer(fragments, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = _comma_id(tokenizer)
 
     chunks: list[PromptChunk] = []
     tokens: list[int] = []

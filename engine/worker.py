@@ -198,6 +198,7 @@ def runner_from_args(args: Any, worker_id: str) -> Any:
         safety_checker=args.safety_checker,
         compile=args.compile,
         cpu_offload=args.cpu_offload,
+        channels_last=args.channels_last,
         worker_id=worker_id,
     )
 
