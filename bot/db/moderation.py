@@ -8,8 +8,9 @@ bot/jobs/limits.py.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
@@ -104,52 +105,91 @@ def _guild_is(column: object, guild_id: int | None) -> object:
     return column == guild_id  # type: ignore[operator]
 
 
+@dataclass(frozen=True, slots=True)
+class _GuildRuleSet:
+    overrides: list[OverrideRow]
+    bans: dict[int, BanRow]
+    terms: list[str]
+
+
 class ModerationStore:
+    """One per bot process, and the only writer of overrides, bans and blocked terms: that is what lets it
+    keep each guild's rules in memory (read on every /imagine) and drop them on its own writes."""
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        self._rules: dict[int, _GuildRuleSet] = {}
+        self._generation: dict[int, int] = {}
 
     # ------------------------------------------------------------------------------- admission
 
     async def rules(self, guild_id: int | None, user_id: int) -> GuildRules:
         if guild_id is None:
             return GuildRules([], None, [])
+        ruleset = self._rules.get(guild_id)
+        if ruleset is None:
+            ruleset = await self._load_rules(guild_id)
+        return GuildRules(list(ruleset.overrides), ruleset.bans.get(user_id), list(ruleset.terms))
+
+    async def _load_rules(self, guild_id: int) -> _GuildRuleSet:
+        generation = self._generation.get(guild_id, 0)
         async with self.sessions() as session:
             overrides = await session.execute(
                 select(LimitOverride.scope, LimitOverride.target_id, LimitOverride.name, LimitOverride.value)
                 .where(LimitOverride.guild_id == guild_id)
                 .order_by(LimitOverride.id)
             )
-            ban = await session.scalar(select(Ban).where(Ban.guild_id == guild_id, Ban.user_id == user_id))
+            bans = await session.scalars(select(Ban).where(Ban.guild_id == guild_id))
             terms = await session.scalars(
                 select(BlockedTerm.term).where(BlockedTerm.guild_id == guild_id).order_by(BlockedTerm.id)
             )
-            return GuildRules(
+            ruleset = _GuildRuleSet(
                 [OverrideRow(*row) for row in overrides],
-                None if ban is None else BanRow(ban.user_id, ban.reason, ban.banned_by, ban.created_at),
+                {b.user_id: BanRow(b.user_id, b.reason, b.banned_by, b.created_at) for b in bans},
                 list(terms),
             )
+        # A write that began while this read ran may or may not be in it: keep it only if none did.
+        if self._generation.get(guild_id, 0) == generation:
+            self._rules[guild_id] = ruleset
+        return ruleset
+
+    def _changed(self, guild_id: int) -> None:
+        self._generation[guild_id] = self._generation.get(guild_id, 0) + 1
+        self._rules.pop(guild_id, None)
+
+    @contextlib.asynccontextmanager
+    async def _write(self, guild_id: int) -> AsyncIterator[AsyncSession]:
+        """A transaction that changes ``guild_id``'s rules. The cached rules are dropped before it (so a
+        read racing it is not kept) and after its commit (so the next read sees it)."""
+        self._changed(guild_id)
+        try:
+            async with self.sessions.begin() as session:
+                yield session
+        finally:
+            self._changed(guild_id)
 
     async def activity(
         self, guild_id: int | None, user_id: int, day_start: dt.datetime, job_ids: Sequence[str] = ()
     ) -> Activity:
-        async with self.sessions() as session:
-            mine = (Job.user_id == user_id, _guild_is(Job.guild_id, guild_id))
-            active = (
-                await session.execute(
-                    select(func.count(), func.coalesce(func.sum(Job.count), 0)).where(
-                        *mine, Job.state.in_(ACTIVE)
-                    )
-                )
-            ).one()
-            today = await session.scalar(
-                select(func.coalesce(func.sum(Usage.images), 0)).where(
-                    Usage.user_id == user_id,
-                    _guild_is(Usage.guild_id, guild_id),
-                    Usage.created_at >= day_start,
-                )
+        mine = (Job.user_id == user_id, _guild_is(Job.guild_id, guild_id))
+        active = (*mine, Job.state.in_(ACTIVE))
+        # One statement of scalar subqueries: this runs for every /imagine, and each statement is a
+        # round trip to the database thread.
+        query = select(
+            select(func.count()).select_from(Job).where(*active).scalar_subquery(),
+            select(func.coalesce(func.sum(Job.count), 0)).where(*active).scalar_subquery(),
+            select(func.coalesce(func.sum(Usage.images), 0))
+            .where(
+                Usage.user_id == user_id,
+                _guild_is(Usage.guild_id, guild_id),
+                Usage.created_at >= day_start,
             )
-            last = await session.scalar(select(func.max(Job.created_at)).where(*mine))
-            queued = await session.scalar(select(func.count()).where(Job.state == JobState.QUEUED))
+            .scalar_subquery(),
+            select(func.max(Job.created_at)).where(*mine).scalar_subquery(),
+            select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED).scalar_subquery(),
+        )
+        async with self.sessions() as session:
+            active_jobs, active_images, today, last, queued = (await session.execute(query)).one()
             known: set[str] = set()
             if job_ids:
                 known = set(await session.scalars(select(Job.id).where(Job.id.in_(list(job_ids)))))
@@ -158,7 +198,12 @@ class ModerationStore:
         if last is not None and last.tzinfo is None:
             last = last.replace(tzinfo=dt.UTC)
         return Activity(
-            int(active[0]), int(active[1]), int(today or 0), last, int(queued or 0), frozenset(known)
+            int(active_jobs or 0),
+            int(active_images or 0),
+            int(today or 0),
+            last,
+            int(queued or 0),
+            frozenset(known),
         )
 
     # --------------------------------------------------------------------------------- limits
@@ -170,7 +215,7 @@ class ModerationStore:
         self, guild_id: int, scope: str, target_id: int, name: str, value: int, *, actor_id: int
     ) -> int | None:
         """Set an override; returns the value it replaced (None: there was none)."""
-        async with self.sessions.begin() as session:
+        async with self._write(guild_id) as session:
             row = await session.scalar(
                 select(LimitOverride).where(
                     LimitOverride.guild_id == guild_id,
@@ -201,7 +246,7 @@ class ModerationStore:
         self, guild_id: int, scope: str, target_id: int, name: str, *, actor_id: int
     ) -> int | None:
         """Remove an override; returns the value it had (None: there was nothing to remove)."""
-        async with self.sessions.begin() as session:
+        async with self._write(guild_id) as session:
             row = await session.scalar(
                 select(LimitOverride).where(
                     LimitOverride.guild_id == guild_id,
@@ -221,7 +266,7 @@ class ModerationStore:
 
     async def ban(self, guild_id: int, user_id: int, reason: str, *, actor_id: int) -> BanRow | None:
         """Ban a user; returns the existing ban instead when there already is one (nothing changes)."""
-        async with self.sessions.begin() as session:
+        async with self._write(guild_id) as session:
             existing = await session.scalar(
                 select(Ban).where(Ban.guild_id == guild_id, Ban.user_id == user_id)
             )
@@ -236,7 +281,7 @@ class ModerationStore:
             return None
 
     async def unban(self, guild_id: int, user_id: int, *, actor_id: int) -> bool:
-        async with self.sessions.begin() as session:
+        async with self._write(guild_id) as session:
             existing = await session.scalar(
                 select(Ban).where(Ban.guild_id == guild_id, Ban.user_id == user_id)
             )
@@ -255,7 +300,7 @@ class ModerationStore:
 
     async def add_term(self, guild_id: int, term: str, *, actor_id: int) -> bool:
         """False when the guild already blocks exactly this term."""
-        async with self.sessions.begin() as session:
+        async with self._write(guild_id) as session:
             exists = await session.scalar(
                 select(BlockedTerm.id).where(BlockedTerm.guild_id == guild_id, BlockedTerm.term == term)
             )
@@ -266,7 +311,7 @@ class ModerationStore:
             return True
 
     async def remove_term(self, guild_id: int, term: str, *, actor_id: int) -> bool:
-        async with self.sessions.begin() as session:
+        async with self._write(guild_id) as session:
             result = await session.execute(
                 delete(BlockedTerm).where(BlockedTerm.guild_id == guild_id, BlockedTerm.term == term)
             )

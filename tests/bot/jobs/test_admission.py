@@ -1,6 +1,7 @@
 """Admission against a real (temporary) SQLite database: bans, blocklist, quotas, reservations."""
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 
@@ -91,6 +92,65 @@ async def test_ban_is_checked_first_and_names_the_reason(env):
     assert await admit(admission, Who(guild_id=OTHER_GUILD))
     await store.unban(GUILD, 42, actor_id=ADMIN)
     assert await admit(admission)
+
+
+async def test_rules_read_once_are_refreshed_by_every_admin_change(env):
+    # Admission keeps each guild's rules in memory; every change through the store must show at once.
+    admission, store = make(env, DEFAULT_QUEUED_JOBS=50)
+    assert await admit(admission, steps=30)  # rules now cached
+    await store.ban(GUILD, 42, "spam", actor_id=ADMIN)
+    with pytest.raises(PolicyError, match="banned"):
+        await admit(admission)
+    await store.unban(GUILD, 42, actor_id=ADMIN)
+    assert await admit(admission)
+    await store.add_term(GUILD, "gore", actor_id=ADMIN)
+    with pytest.raises(PolicyError, match="blocklist"):
+        await admit(admission, prompt="gore")
+    await store.remove_term(GUILD, "gore", actor_id=ADMIN)
+    assert await admit(admission, prompt="gore")
+    await store.set_limit(GUILD, Scope.GUILD, GUILD, LimitName.MAX_STEPS, 10, actor_id=ADMIN)
+    with pytest.raises(PolicyError, match="between 1 and 10"):
+        await admit(admission, steps=30)
+    await store.reset_limit(GUILD, Scope.GUILD, GUILD, LimitName.MAX_STEPS, actor_id=ADMIN)
+    assert await admit(admission, steps=30)
+
+
+class PausingSessions:
+    """The real session factory, except that the next plain session pauses as it closes (its reads done)
+    until ``go`` is set: a deterministic "a write lands while a read is in flight"."""
+
+    def __init__(self, real):
+        self.real = real
+        self.pause_next = False
+        self.paused, self.go = asyncio.Event(), asyncio.Event()
+
+    def __call__(self):
+        if not self.pause_next:
+            return self.real()
+        self.pause_next = False
+        return self._paused(self.real())
+
+    def begin(self):
+        return self.real.begin()
+
+    @contextlib.asynccontextmanager
+    async def _paused(self, session):
+        async with session:
+            yield session
+            self.paused.set()
+            await self.go.wait()
+
+
+async def test_a_rules_read_racing_a_change_is_not_kept(env):
+    _, store = make(env)
+    store.sessions = sessions = PausingSessions(store.sessions)
+    sessions.pause_next = True
+    read = asyncio.create_task(store.rules(GUILD, 42))
+    await sessions.paused.wait()  # the read has the old rules (no ban) in hand
+    await store.ban(GUILD, 42, "spam", actor_id=ADMIN)
+    sessions.go.set()
+    assert (await read).ban is None  # it answers with what it read...
+    assert (await store.rules(GUILD, 42)).ban is not None  # ...but does not keep it
 
 
 async def test_blocked_terms_in_prompt_and_negative_even_disguised(env):
