@@ -27,7 +27,9 @@ def grid(pngs: Sequence[bytes]) -> bytes:
         r, c = divmod(i, cols)
         sheet.paste(tile, (c * (w + GRID_GAP), r * (h + GRID_GAP)))
     out = io.BytesIO()
-    sheet.save(out, format="PNG", optimize=False, compress_level=3)
+    # zlib's run-length strategy (Z_RLE = 3), the one libpng suggests for speed: on filtered PNG rows it
+    # compresses about as well as the default and runs 10-30 % faster (this grid is on every result's path).
+    sheet.save(out, format="PNG", optimize=False, compress_level=1, compress_type=3)
     return out.getvalue()
 
 

@@ -338,7 +338,10 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         async def files(limit: int) -> list[discord.File]:
             if picture is None:
                 return []
-            data, ext = await asyncio.to_thread(fit, picture, limit)
+            if len(picture) <= limit:  # the usual case: no re-encoding, so no hop to a thread
+                data, ext = picture, "png"
+            else:
+                data, ext = await asyncio.to_thread(fit, picture, limit)
             return [discord.File(io.BytesIO(data), f"{job.id}.{ext}")]
 
         message: discord.Message | None = None
