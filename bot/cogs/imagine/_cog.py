@@ -361,7 +361,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                             "editing the reply for job %s failed (%s); posting in the channel", job.id, exc
                         )
         if message is None and reply is None:
-            message = await find_posted(self.bot, job)  # posted by a run killed before it could record it
+            message = await find_posted(self.bot, job, content)  # a run killed before recording it
         if message is None:
             message = await self._post_in_channel(job, content, files, view, mentions)
         if message is None:

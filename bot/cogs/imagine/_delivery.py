@@ -96,19 +96,27 @@ async def edit_status(reply: LiveReply, **fields: object) -> None:
             log.debug("status edit failed: %s", exc)
 
 
-async def find_posted(client: discord.Client, job: Job) -> discord.Message | None:
+async def find_posted(client: discord.Client, job: Job, content: str) -> discord.Message | None:
     """A result that a previous run already put on Discord but was killed before recording it
     (between the upload and writing ``delivered_at``): the job's own status message, or a message of
-    the bot's in the channel since the job was made, carrying the job's picture. Best effort: without
+    the bot's in the channel since the job was made, carrying the job's picture or, for a job that
+    failed or was cancelled, saying exactly ``content`` (the notice it would post). Best effort: without
     history access it returns None and the result is posted (again)."""
-    if job.state is not JobState.DONE or client.user is None:
+    if client.user is None:
         return None
     me = client.user.id
 
     def carries(message: discord.Message) -> bool:
-        return message.author.id == me and any(
-            a.filename.startswith(f"{job.id}.") for a in message.attachments
+        if message.author.id != me:
+            return False
+        if job.state is JobState.DONE:
+            return any(a.filename.startswith(f"{job.id}.") for a in message.attachments)
+        # A notice has no picture to name the job: only the job's own status message, or a channel post
+        # replying to it, can be its notice (another job's identical notice must not count).
+        own = message.id == job.status_message_id or (
+            message.reference is not None and message.reference.message_id == job.status_message_id
         )
+        return bool(job.status_message_id) and own and message.content == content
 
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     if job.status_message_id:

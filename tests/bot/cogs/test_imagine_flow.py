@@ -215,12 +215,28 @@ async def test_cancel_button_stops_a_queued_job(fake_discord, make_settings, run
                 lambda m, i=inter: m.interaction_id == i.id and _has_picture(m), timeout=120
             )
         await asyncio.sleep(0.2)
-    states = (
-        sqlite3.connect(tmp_path / "bot.db")
-        .execute("select prompt, state from jobs order by prompt")
-        .fetchall()
-    )
+    db = sqlite3.connect(tmp_path / "bot.db")
+    states = db.execute("select prompt, state from jobs order by prompt").fetchall()
     assert states == [("tower 0", "done"), ("tower 1", "done"), ("tower 2", "cancelled")]
+
+    # A run killed after editing the notice in but before recording it: the next start finds the notice
+    # already on Discord and does not post it again.
+    with db:
+        db.execute("update jobs set delivered_at = null where prompt = 'tower 2'")
+
+    def notices() -> list:
+        return [
+            m for m in fake.messages if "tower 2" in m.content and "Cancelled" in m.content and not m.deleted
+        ]
+
+    assert len(notices()) == 1
+    async with run_bot(make_settings(GUILD_IDS=guild.id)):
+        await fake.wait_until(
+            lambda: db.execute("select delivered_at from jobs where prompt = 'tower 2'").fetchone()[0],
+            timeout=60,
+        )
+        await asyncio.sleep(0.3)
+    assert len(notices()) == 1, [m.content for m in notices()]
 
 
 async def test_image_attachment_runs_img2img_and_bad_files_are_refused(
