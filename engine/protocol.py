@@ -1,4 +1,5 @@
-"""The only module both the bot and the engine import: plain messages and their wire format.
+"""The messages between the bot and the engine, and their wire format (with ``sampler_names`` and
+``pnginfo``, the only engine modules the bot imports).
 
 It imports nothing heavy (no torch, no discord) so the bot can use it without loading the GPU stack.
 
@@ -24,10 +25,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import IO, Any
 
+from engine.sampler_names import DEFAULT_SAMPLER
+
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 512 * 1024 * 1024  # a sanity bound: a corrupt length must not allocate the world
-DEFAULT_SAMPLER = "DPM++ 2M Karras"
-
 _U32 = struct.Struct(">I")
 
 

@@ -39,6 +39,7 @@ from engine import devices, loading, pnginfo, prompts
 from engine.batching import plan_batch
 from engine.preview import Previewer
 from engine.protocol import (
+    DEFAULT_SAMPLER,
     Event,
     GenerateRequest,
     ImageResult,
@@ -261,9 +262,27 @@ class Runner:
             self._load(source)
 
     def warmup(self, steps: int = 2) -> None:
-        """One throwaway run at 512x512 for each batch size 1 and max_batch (torch.compile's first calls)."""
-        for n in sorted({1, self.max_batch}):
-            req = GenerateRequest(job_id="warmup", prompt="warmup", steps=steps, count=n, sampler="Euler")
+        """torch.compile's compiling, done at start instead of inside members' jobs. A first run at
+        512x512, then one that changes batch size, height and width at once: torch recompiles once with all
+        three dynamic, and that graph serves every later size and batch. Then the default sampler, whose
+        integer timesteps need a graph of their own (Euler's are floats). Warming up one batch size at a
+        time with one sampler (as this did before) left each member's first new height, width or sampler
+        family to a recompile inside their job: 40-75 s each on this project's CPU with the tiny model,
+        about 90 s on an H200 with SD 1.5 (BENCHMARKS.md)."""
+        for sampler, n, width, height in (
+            ("Euler", 1, 512, 512),
+            ("Euler", self.max_batch, 448, 576),
+            (DEFAULT_SAMPLER, 1, 512, 512),
+        ):
+            req = GenerateRequest(
+                job_id="warmup",
+                prompt="warmup",
+                steps=steps,
+                count=n,
+                sampler=sampler,
+                width=width,
+                height=height,
+            )
             self.run([req])
 
     # ---------------------------------------------------------------------------------------- requests
