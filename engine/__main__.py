@@ -147,7 +147,7 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.protocol import DEFAULT_SAMPLER, GenerateRequest, JobDone, JobKind, JobProgress
-    from engine.runner import Runner
+    from engine.worker import runner_from_args
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if not args.model:
@@ -173,18 +173,7 @@ def _generate(args: argparse.Namespace) -> int:
         strength=args.strength,
         init_image=init,
     )
-    runner = Runner(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch=args.max_batch,
-        models_dir=args.models_dir,
-        allow_pickle=args.allow_pickle,
-        single_file_config=args.single_file_config,
-        compile=args.compile,
-        cpu_offload=args.cpu_offload,
-        channels_last=args.channels_last,
-    )
+    runner = runner_from_args(args, worker_id="")
     bar = tqdm(total=None, unit="step", file=sys.stderr, desc="generating")
 
     def on_event(event: object) -> None:

@@ -21,6 +21,7 @@ from bot.permissions import is_admin
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
+    from bot.db.moderation import ModerationStore
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,16 @@ def seconds(value: float) -> str:
 
 
 class FriendlyErrors(commands.Cog):
-    """A cog whose command errors become ephemeral explanations, logged when unexpected."""
+    """A cog of this bot whose command errors become ephemeral explanations, logged when unexpected."""
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    @property
+    def store(self) -> ModerationStore:
+        """Limits, bans, blocked terms, the audit log and usage queries (admission's own store, so that
+        its cache of each guild's rules sees every change)."""
+        return self.bot.admission.store
 
     async def cog_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError

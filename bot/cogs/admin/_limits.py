@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -20,10 +19,6 @@ from bot.cogs.admin._common import (
 from bot.jobs.admission import overrides_of
 from bot.jobs.limits import SPECS, LimitName, Override, Scope, resolve
 from bot.jobs.policy import PolicyError
-
-if TYPE_CHECKING:
-    from bot.client import ImagineBot
-    from bot.db.moderation import ModerationStore
 
 SETTINGS = [app_commands.Choice(name=n.value, value=n.value) for n in LimitName]
 ORDER = (
@@ -81,13 +76,6 @@ class LimitsCog(FriendlyErrors):
         guild_only=True,
         default_permissions=ADMIN_PERMISSIONS,
     )
-
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
-
-    @property
-    def store(self) -> ModerationStore:
-        return self.bot.admission.store
 
     @limits.command(name="show", description="Show the limits here, or those that apply to a member or role")
     @app_commands.describe(user="Show what applies to this member", role="Show what applies to this role")

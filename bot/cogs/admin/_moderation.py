@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import discord
 from discord import app_commands
 
@@ -18,10 +16,6 @@ from bot.cogs.admin._common import (
 from bot.jobs.limits import compile_term
 from bot.jobs.policy import PolicyError
 
-if TYPE_CHECKING:
-    from bot.client import ImagineBot
-    from bot.db.moderation import ModerationStore
-
 MAX_REASON = 500
 MAX_TERMS = 500  # every prompt is matched against all of them
 
@@ -33,13 +27,6 @@ class ModerationCog(FriendlyErrors):
         guild_only=True,
         default_permissions=ADMIN_PERMISSIONS,
     )
-
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
-
-    @property
-    def store(self) -> ModerationStore:
-        return self.bot.admission.store
 
     # ------------------------------------------------------------------------------------- bans
 

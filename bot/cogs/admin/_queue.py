@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -20,9 +19,6 @@ from bot.cogs.admin._common import (
 from bot.db.models import Job, JobState
 from bot.jobs.policy import PolicyError
 
-if TYPE_CHECKING:
-    from bot.client import ImagineBot
-
 SHORT_ID = 8  # /queue shows this many hex digits; /cancel accepts any unique prefix this long or longer
 _JOB_ID = re.compile(r"[0-9a-f]{6,32}")
 
@@ -32,9 +28,6 @@ def short(job_id: str) -> str:
 
 
 class QueueCog(FriendlyErrors):
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
-
     @app_commands.command(name="queue", description="What is running and waiting in this server")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -15,9 +14,6 @@ from bot.jobs import limits
 from bot.jobs.limits import LimitName
 from bot.jobs.policy import PolicyError
 
-if TYPE_CHECKING:
-    from bot.client import ImagineBot
-
 WAIT_WINDOW = dt.timedelta(days=7)  # the average wait in /stats covers jobs of the last week
 
 
@@ -26,9 +22,6 @@ def totals(t: Totals) -> str:
 
 
 class UsageCog(FriendlyErrors):
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
-
     @app_commands.command(name="usage", description="Pictures made today, this month and in all")
     @app_commands.describe(user="Someone else's usage (admins only)")
     async def usage(self, interaction: discord.Interaction, user: discord.User | None = None) -> None:
@@ -36,7 +29,7 @@ class UsageCog(FriendlyErrors):
         if target.id != interaction.user.id and not caller_is_admin(interaction):
             raise PolicyError("Only this server's admins can see someone else's usage; try `/usage` alone.")
         now = utcnow()
-        store = self.bot.admission.store
+        store = self.store
         guild_id = interaction.guild_id
         usage = await store.user_usage(
             guild_id, target.id, today=limits.day_start(now), month=limits.month_start(now)
