@@ -49,6 +49,7 @@ def make_transport(settings: Settings) -> Transport:
             dtype=settings.dtype,
             max_batch=settings.engine_max_batch,
             models_dir=str(settings.models_dir) if settings.models_dir else None,
+            lora_dir=str(settings.lora_dir) if settings.lora_dir else None,
             allow_pickle=settings.allow_pickle_checkpoints,
             extra_args=settings.engine_args,
             safety_checker=settings.safety_checker or None,

@@ -180,6 +180,12 @@ SPECS: tuple[Spec, ...] = (
         "",
         "Folder of checkpoint files users can pick by name (e.g. A1111 models/Stable-diffusion)",
     ),
+    Spec(
+        "LORA_DIR",
+        _str,
+        "",
+        "Folder of LoRA files for <lora:name:weight> in prompts (default: a Lora folder beside MODELS_DIR)",
+    ),
     Spec("ALLOW_PICKLE_CHECKPOINTS", _bool, "false", "Allow .ckpt files (pickles run code when loaded)"),
     Spec("DEVICE", _device, "auto", "auto, cpu, mps, cuda or cuda:N"),
     Spec(
@@ -247,6 +253,7 @@ class Settings:
     log_level: str
     model: str
     models_dir: Path | None
+    lora_dir: Path | None
     allow_pickle_checkpoints: bool
     device: str
     dtype: str
@@ -317,6 +324,9 @@ class Settings:
         models_dir = Path(p["MODELS_DIR"]).expanduser() if p["MODELS_DIR"] else None
         if models_dir is not None and not models_dir.is_dir():
             raise SettingsError(f"MODELS_DIR: {models_dir} is not a folder")
+        lora_dir = Path(p["LORA_DIR"]).expanduser() if p["LORA_DIR"] else None
+        if lora_dir is not None and not lora_dir.is_dir():
+            raise SettingsError(f"LORA_DIR: {lora_dir} is not a folder")
         return cls(
             discord_token=p["DISCORD_TOKEN"],
             discord_api_base=p["DISCORD_API_BASE"],
@@ -327,6 +337,7 @@ class Settings:
             log_level=p["LOG_LEVEL"],
             model=p["MODEL"],
             models_dir=models_dir,
+            lora_dir=lora_dir,
             allow_pickle_checkpoints=p["ALLOW_PICKLE_CHECKPOINTS"],
             device=p["DEVICE"],
             dtype=p["DTYPE"],

@@ -58,6 +58,12 @@ def _add_model_flags(p: argparse.ArgumentParser, *, model_required: bool) -> Non
         help="folder of checkpoints/diffusers folders that requests select by name",
     )
     p.add_argument(
+        "--lora-dir",
+        default=os.environ.get("LORA_DIR") or None,
+        help="folder of LoRA files that prompts use as <lora:name:weight> "
+        "(default: a Lora folder beside --models-dir, as in A1111's models/)",
+    )
+    p.add_argument(
         "--allow-pickle",
         action="store_true",
         default=_env_flag("ALLOW_PICKLE_CHECKPOINTS"),

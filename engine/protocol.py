@@ -1,5 +1,5 @@
-"""The messages between the bot and the engine, and their wire format (with ``sampler_names`` and
-``pnginfo``, the only engine modules the bot imports).
+"""The messages between the bot and the engine, and their wire format (with ``sampler_names``,
+``pnginfo`` and ``loras``, the only engine modules the bot imports).
 
 It imports nothing heavy (no torch, no discord) so the bot can use it without loading the GPU stack.
 

@@ -36,6 +36,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from engine import devices, loading, pnginfo, prompts
+from engine import loras as loras_mod
 from engine.batching import plan_batch
 from engine.preview import Previewer
 from engine.protocol import (
@@ -85,6 +86,7 @@ class BatchKey(NamedTuple):
     # Rows of a batch are padded to one prompt length, which shifts a short prompt's image slightly:
     # only prompts of the same number of 77-token chunks share a batch (engine/prompts.py).
     chunks: int = 1
+    loras: loras_mod.Loras = ()  # a batch runs with one set of LoRA adapters
 
 
 @dataclass(eq=False)
@@ -94,6 +96,7 @@ class Job:
     request: GenerateRequest
     key: BatchKey
     source: loading.ModelSource
+    prompt: str = ""  # the prompt as encoded: the request's, without its <lora:...> tags
     init_image: Image.Image | None = None
     order: int = 0
     next_index: int = 0  # images handed to a batch so far
@@ -144,6 +147,7 @@ class Runner:
         allow_pickle: bool = False,
         single_file_config: str | os.PathLike[str] | None = None,
         taesd: str | os.PathLike[str] | None = None,
+        lora_dir: str | os.PathLike[str] | None = None,
         safety_checker: str | os.PathLike[str] | None = None,
         compile: bool = False,
         cpu_offload: bool = False,
@@ -160,6 +164,9 @@ class Runner:
         self.max_batch = max_batch
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.allow_pickle = allow_pickle
+        self.loras = loras_mod.LoraLibrary(
+            loras_mod.default_folder(lora_dir, self.models_dir), allow_pickle=allow_pickle
+        )
         self.single_file_config = single_file_config
         self.compile = compile
         self.cpu_offload = cpu_offload and self.device.type == "cuda"
@@ -331,6 +338,11 @@ class Runner:
             raise RequestError(f"size {width}x{height} is over the engine's limit of {MAX_SIDE} per side")
         if init is not None and init.size != (width, height):
             init = init.resize((width, height), Image.Resampling.LANCZOS)
+        try:
+            text, loras = loras_mod.extract(request.prompt)
+            self.loras.check(loras)
+        except loras_mod.LoraError as exc:
+            raise RequestError(str(exc)) from exc
         key = BatchKey(
             source.key,
             request.kind,
@@ -340,17 +352,24 @@ class Runner:
             sampler,
             float(request.cfg_scale),
             strength,
-            self._chunks(request),
+            self._chunks(text, request.negative_prompt),
+            loras,
         )
         with self._lock:
             self._order += 1
             return Job(
-                request=request, key=key, source=source, init_image=init, order=self._order, upscale=upscale
+                request=request,
+                key=key,
+                source=source,
+                prompt=text,
+                init_image=init,
+                order=self._order,
+                upscale=upscale,
             )
 
-    def _chunks(self, request: GenerateRequest) -> int:
+    def _chunks(self, prompt: str, negative_prompt: str) -> int:
         tokenizer = getattr(self.pipe, "tokenizer", None)  # None while another model loads
-        return prompts.chunk_count(tokenizer, request.prompt, request.negative_prompt) if tokenizer else 1
+        return prompts.chunk_count(tokenizer, prompt, negative_prompt) if tokenizer else 1
 
     def plan(self, jobs: Iterable[Job]) -> list[tuple[Job, list[int]]]:
         """The next batch (engine/batching.py's rule)."""
@@ -456,8 +475,11 @@ class Runner:
                 )
                 self.fail(job, reason, emit)
                 return
-            log.exception("pipeline call failed")
-            reason = f"generation failed: {type(exc).__name__}: {exc}"
+            if isinstance(exc, loras_mod.LoraError):  # a file that went away or does not load: say which
+                reason = str(exc)
+            else:
+                log.exception("pipeline call failed")
+                reason = f"generation failed: {type(exc).__name__}: {exc}"
             for job in dict.fromkeys(job for job, _ in items):
                 self.fail(job, reason, emit)
             return
@@ -497,7 +519,7 @@ class Runner:
             per_job[job] += 1
         generators = [torch.Generator("cpu").manual_seed(job.request.seeds[i]) for job, i in items]
         kwargs: dict[str, Any] = {
-            "prompt": [job.request.prompt for job, _ in items],
+            "prompt": [job.prompt for job, _ in items],
             "negative_prompt": [job.request.negative_prompt for job, _ in items],
             "num_inference_steps": key.steps,
             "guidance_scale": key.cfg_scale,
@@ -514,6 +536,8 @@ class Runner:
             strength = key.strength or 1.0
             if int(key.steps * strength) < 1:  # diffusers runs int(steps * strength) steps: at least one
                 kwargs["num_inference_steps"] = math.ceil(1 / strength)
+        # Before encoding: a LoRA may change the text encoder too. The img2img pipeline shares these modules.
+        self.loras.apply(self.pipe, key.loras)
         embeds = prompts.encode_prompts(
             pipe, kwargs["prompt"], kwargs["negative_prompt"], self.device, self.dtype
         )

@@ -43,6 +43,7 @@ class WorkerOptions:
     dtype: str = "auto"
     max_batch: int = 4
     models_dir: str | None = None
+    lora_dir: str | None = None
     allow_pickle: bool = False
     extra_args: Sequence[str] = ()
     safety_checker: str | None = None  # SAFETY_CHECKER: checks images of jobs that ask for it
@@ -68,6 +69,8 @@ class WorkerOptions:
         ]
         if self.models_dir:
             cmd += ["--models-dir", self.models_dir]
+        if self.lora_dir:
+            cmd += ["--lora-dir", self.lora_dir]
         if self.allow_pickle:
             cmd.append("--allow-pickle")
         if self.safety_checker:

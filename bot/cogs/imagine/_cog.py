@@ -24,6 +24,7 @@ from bot.jobs.policy import ASPECTS, Params, PolicyError, aspect_size, parse_fla
 from bot.models_dir import available_models
 from bot.permissions import is_admin
 from bot.render import fit, grid, placeholder
+from engine import loras as lora_tags
 from engine.pnginfo import read_png_parameters
 from engine.sampler_names import SAMPLER_NAMES
 
@@ -46,6 +47,7 @@ Inline flags work too, Midjourney style — options win over flags:
 > `/imagine portrait of a cat, oil painting --steps 30 --cfg 6.5 --sampler Euler a --count 2`
 Under a result: **U1–U4** upscale that picture 2×, **V1–V4** make four variations of it, {REROLL} runs
 the same prompt with a new seed (reacting {REROLL} does too), ℹ️ shows the parameters, 🗑️ deletes.
+A1111 prompt syntax works: `(word:1.3)`, `[word]`, `BREAK`, and `<lora:name:0.8>` for the server's LoRAs.
 Every picture keeps its A1111 `parameters` — drop it into AUTOMATIC1111's PNG Info tab.
 **/usage** shows what you have made and what is left today; **/cancel** stops a job of yours.
 Admins: **/limits**, **/ban**, **/blocklist**, **/queue**, **/stats**."""
@@ -164,6 +166,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             )
             params = options.merged_over(flags)
             self._check_model(params.model)
+            self._check_loras(params.prompt)
             kind, init, size = "txt2img", None, None
             if image is not None:
                 kind = "img2img"
@@ -199,6 +202,20 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         if name not in names:
             listed = ", ".join(names[:15]) if names else "none: this server has no model folder set up"
             raise PolicyError(f"There is no model called `{_clean(name, 60)}`. Available: {listed}.")
+
+    def _check_loras(self, prompt: str | None) -> None:
+        """Refuse a <lora:...> tag the engine would fail on, at once and privately. Only for local workers:
+        they use this machine's LoRA folder; NATS workers have their own and answer for themselves."""
+        s = self.bot.settings
+        if not prompt or s.engine_transport != "local":
+            return
+        try:
+            _, loras = lora_tags.extract(prompt)
+            if loras:
+                folder = lora_tags.default_folder(s.lora_dir, s.models_dir)
+                lora_tags.LoraLibrary(folder, allow_pickle=s.allow_pickle_checkpoints).check(loras)
+        except lora_tags.LoraError as exc:
+            raise PolicyError(f"That prompt's LoRA can't be used: {_clean(str(exc), 400)}.") from None
 
     async def _read_init_image(
         self, image: discord.Attachment, aspect: str | None

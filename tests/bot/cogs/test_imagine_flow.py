@@ -9,6 +9,8 @@ import sqlite3
 
 from PIL import Image
 
+from engine.pnginfo import read_png_parameters
+
 REROLL = "🔄"
 
 
@@ -311,3 +313,30 @@ async def test_model_autocomplete_and_unknown_model(fake_discord, make_settings,
         text = unknown.callbacks[0]["data"]["content"]
         assert unknown.ephemeral and "no model called" in text and "dreamshaper_8" in text
     assert sqlite3.connect(tmp_path / "bot.db").execute("select count(*) from jobs").fetchone() == (0,)
+
+
+async def test_lora_tags_from_the_a1111_folder_and_unknown_ones(
+    fake_discord, make_settings, run_bot, tmp_path
+):
+    from engine.tiny import make_tiny_lora
+
+    fake = fake_discord
+    guild, channel, alice, _ = _world(fake)
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    (models / "Lora").mkdir()
+    make_tiny_lora(models / "Lora" / "ink_style.safetensors")
+    # No LORA_DIR: the Lora folder beside MODELS_DIR is used, as in A1111's models/ layout.
+    async with run_bot(make_settings(GUILD_IDS=guild.id, MODELS_DIR=models / "Stable-diffusion")):
+        unknown = await fake.invoke(
+            "imagine", {"prompt": "a cat <lora:watercolor:0.8>"}, guild=guild, channel=channel, user=alice
+        )
+        await unknown.wait_response()
+        text = unknown.callbacks[0]["data"]["content"]
+        # (Markdown-escaped: Discord shows `ink\_style` as ink_style.)
+        assert unknown.ephemeral and "unknown LoRA 'watercolor'" in text and "ink\\_style" in text
+        _, message = await _imagine(fake, guild, channel, alice, "a cat <lora:ink_style:0.8>", count=1)
+        params = read_png_parameters(message.attachments[0].data)
+        assert params is not None and params.startswith("a cat <lora:ink_style:0.8>")
+    rows = sqlite3.connect(tmp_path / "bot.db").execute("select prompt, state from jobs").fetchall()
+    assert rows == [("a cat <lora:ink_style:0.8>", "done")]

@@ -1,0 +1,134 @@
+"""LoRAs the AUTOMATIC1111 way: ``<lora:name:weight>`` in a prompt applies ``name.safetensors`` from the
+LoRA folder (A1111's ``models/Lora``) at that weight, and the tag itself is not encoded as text.
+
+Tags follow A1111's extra-network syntax: ``<lora:name>`` (weight 1), ``<lora:name:0.8>``, and the newer
+``<lora:name:0.8:0.5>`` (text-encoder and UNet weights; diffusers applies one weight per adapter, so the
+first is used). A name used twice adds up, as in A1111. Only the positive prompt activates LoRAs (A1111's
+rule); the text around a tag is kept as written.
+
+Files load through diffusers' ``load_lora_weights`` (which reads kohya/A1111 files as well as diffusers'
+own), once per file and model, as named peft adapters; each batch then switches to its own set with
+``set_adapters``, or turns them all off. Requests with different LoRA sets never share a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin")  # pickles run code when loaded: only with allow_pickle
+
+_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
+
+Loras = tuple[tuple[str, float], ...]  # (name as in the tag, weight), sorted by name
+
+
+def default_folder(lora_dir: str | Path | None, models_dir: str | Path | None) -> Path | None:
+    """``lora_dir``; else, when ``models_dir`` is A1111's ``models/Stable-diffusion``, its sibling
+    ``models/Lora`` if there is one."""
+    if lora_dir:
+        return Path(lora_dir)
+    if models_dir and (Path(models_dir).parent / "Lora").is_dir():
+        return Path(models_dir).parent / "Lora"
+    return None
+
+
+class LoraError(ValueError):
+    """A LoRA a request names cannot be used; the message says why and what there is."""
+
+
+def extract(prompt: str) -> tuple[str, Loras]:
+    """``prompt`` without its ``<lora:...>`` tags, and the LoRAs they name with their weights."""
+    weights: dict[str, float] = {}
+    for match in _TAG.finditer(prompt):
+        name = match.group(1).strip()
+        raw = (match.group(2) or "").strip()
+        try:
+            weight = float(raw) if raw else 1.0
+        except ValueError as exc:
+            raise LoraError(f"LoRA weight {raw!r} in {match.group(0)!r} is not a number") from exc
+        if not math.isfinite(weight):
+            raise LoraError(f"LoRA weight in {match.group(0)!r} must be a finite number")
+        weights[name] = weights.get(name, 0.0) + weight
+    if not weights:
+        return prompt, ()
+    text = re.sub(r"[ \t]{2,}", " ", _TAG.sub("", prompt)).strip(" ,")
+    return text, tuple(sorted(weights.items()))
+
+
+@dataclass
+class LoraLibrary:
+    """The LoRA files of one folder, and the adapters loaded into the current pipeline."""
+
+    folder: Path | None
+    allow_pickle: bool = False
+    _loaded: dict[Path, str] = field(default_factory=dict)  # file -> adapter name in the pipeline
+    _pipe_id: int | None = None
+
+    def names(self) -> list[str]:
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        suffixes = SAFE_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
+        # A1111 keeps LoRAs in subfolders too (by style, by model); a tag names the file, not the path.
+        return sorted(
+            {p.stem for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes},
+            key=str.lower,
+        )
+
+    def resolve(self, name: str) -> Path:
+        if self.folder is None:
+            raise LoraError(f"this bot has no LoRA folder set up, so <lora:{name}> cannot be used")
+        found: list[Path] = []
+        for path in sorted(self.folder.rglob("*")):
+            if path.is_file() and path.stem.lower() == name.lower():
+                found.append(path)
+        usable = [p for p in found if p.suffix.lower() in SAFE_SUFFIXES]
+        if not usable and self.allow_pickle:
+            usable = [p for p in found if p.suffix.lower() in PICKLE_SUFFIXES]
+        if usable:
+            return usable[0]
+        if found:
+            raise LoraError(
+                f"LoRA {name!r} is a pickle file ({found[0].name}), which can run code when loaded; "
+                "ask the admin for a .safetensors version"
+            )
+        names = self.names()
+        listed = ", ".join(names[:25]) + (" …" if len(names) > 25 else "") if names else "none"
+        raise LoraError(f"unknown LoRA {name!r}; available: {listed}")
+
+    def check(self, loras: Loras) -> None:
+        """Raise LoraError unless every LoRA named is there (before a request is queued)."""
+        for name, _ in loras:
+            self.resolve(name)
+
+    def apply(self, pipe: Any, loras: Loras) -> None:
+        """Make ``pipe`` run with exactly ``loras`` (loading files it has not seen), or with none."""
+        if self._pipe_id != id(pipe):  # another model was loaded: its adapters went with the old one
+            self._loaded.clear()
+            self._pipe_id = id(pipe)
+        if not loras:
+            if self._loaded:
+                pipe.disable_lora()
+            return
+        adapters: list[str] = []
+        for name, _ in loras:
+            path = self.resolve(name)
+            adapter = self._loaded.get(path)
+            if adapter is None:
+                adapter = f"lora{len(self._loaded)}"
+                try:
+                    pipe.load_lora_weights(str(path), adapter_name=adapter)
+                except Exception as exc:
+                    raise LoraError(f"could not load LoRA {path.name}: {exc}") from exc
+                self._loaded[path] = adapter
+                log.info("loaded LoRA %s as %s", path.name, adapter)
+            adapters.append(adapter)
+        pipe.enable_lora()
+        pipe.set_adapters(adapters, adapter_weights=[weight for _, weight in loras])

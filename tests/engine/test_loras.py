@@ -1,0 +1,122 @@
+"""LoRAs as A1111 users write them: <lora:name:weight> tags, a LoRA folder, batches split by LoRA set.
+
+The LoRA is engine.tiny.make_tiny_lora's: random low-rank weights on the tiny model's attention layers,
+saved by diffusers as a .safetensors file, so applying it visibly changes the picture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import loras
+from engine.protocol import JobDone, JobFailed
+
+from .conftest import request
+from .test_runner import assert_same_image, pixels
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from engine.tiny import make_tiny_lora
+
+    folder = tmp_path_factory.mktemp("Lora")
+    (folder / "styles").mkdir()
+    make_tiny_lora(folder / "styles" / "Ink.safetensors")
+    (folder / "unsafe.ckpt").write_bytes(b"not loaded: a pickle")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lora_runner(tiny_model: Path, lora_dir: Path):
+    from engine.runner import Runner
+
+    r = Runner(tiny_model, device="cpu", max_batch=4, lora_dir=lora_dir)
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "text", "found"),
+    [
+        ("a cat <lora:Ink:0.8>", "a cat", (("Ink", 0.8),)),
+        ("<lora:Ink>, a cat", "a cat", (("Ink", 1.0),)),
+        ("a <lora:ink:0.5> cat <lora:ink:0.25>", "a cat", (("ink", 0.75),)),
+        ("a cat <lora:Ink:0.6:0.2>", "a cat", (("Ink", 0.6),)),
+        ("a cat, no tags", "a cat, no tags", ()),
+    ],
+)
+def test_tags_are_taken_out_of_the_prompt(prompt, text, found):
+    assert loras.extract(prompt) == (text, found)
+
+
+def test_a_bad_weight_names_the_tag():
+    with pytest.raises(loras.LoraError, match=r"'x' in '<lora:Ink:x>' is not a number"):
+        loras.extract("a cat <lora:Ink:x>")
+
+
+def test_a_lora_changes_the_picture_and_weight_zero_does_not(lora_runner):
+    r = lora_runner
+    plain = r.run([request("plain", prompt="a cat", seed=5)])["plain"]
+    styled = r.run([request("styled", prompt="a cat <lora:Ink:1>", seed=5)])["styled"]
+    zero = r.run([request("zero", prompt="a cat <lora:ink:0>", seed=5)])["zero"]  # names match any case
+    after = r.run([request("after", prompt="a cat", seed=5)])["after"]  # the LoRA is off again
+    assert all(isinstance(e, JobDone) for e in (plain, styled, zero, after))
+    assert np.abs(pixels(plain, 0) - pixels(styled, 0)).mean() > 1.0
+    assert_same_image(pixels(plain, 0), pixels(zero, 0))
+    assert_same_image(pixels(plain, 0), pixels(after, 0))
+    # A1111 keeps the tag in the PNG info's prompt, so the picture can be made again from it.
+    from engine.pnginfo import read_png_parameters
+
+    assert read_png_parameters(styled.images[0].png).startswith("a cat <lora:Ink:1>")
+
+
+def test_requests_with_different_loras_never_share_a_batch(lora_runner):
+    r = lora_runner
+    reqs = [
+        request("p", prompt="a dog", seed=7),
+        request("s", prompt="a dog <lora:Ink:0.7>", seed=8),
+        request("p2", prompt="a dog", seed=9),
+    ]
+    alone = {q.job_id: r.run([q])[q.job_id] for q in reqs}
+    calls: list[list[str]] = []
+    original = r._call_pipeline
+
+    def spy(items, emit):
+        calls.append([job.job_id for job, _ in items])
+        return original(items, emit)
+
+    r._call_pipeline = spy
+    try:
+        together = r.run(reqs)
+    finally:
+        del r._call_pipeline
+    assert sorted(calls) == [["p", "p2"], ["s"]]
+    for q in reqs:
+        assert_same_image(pixels(alone[q.job_id], 0), pixels(together[q.job_id], 0))
+
+
+def test_unknown_and_pickled_loras_are_refused_with_a_reason(lora_runner, runner):
+    failed = lora_runner.run([request("u", prompt="a cat <lora:nope:1>")])["u"]
+    assert isinstance(failed, JobFailed)
+    assert failed.reason == "unknown LoRA 'nope'; available: Ink"
+    pickled = lora_runner.run([request("k", prompt="a cat <lora:unsafe>")])["k"]
+    assert isinstance(pickled, JobFailed) and "pickle" in pickled.reason
+    # A worker with no LoRA folder says so instead of drawing the tag as text.
+    none = runner.run([request("n", prompt="a cat <lora:Ink>")])["n"]
+    assert isinstance(none, JobFailed) and "no LoRA folder" in none.reason
+
+
+def test_the_lora_folder_defaults_to_a1111s_layout(tiny_model: Path, tmp_path: Path):
+    from engine.runner import Runner
+
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    (models / "Lora").mkdir()
+    r = Runner(tiny_model, device="cpu", models_dir=models / "Stable-diffusion")
+    try:
+        assert r.loras.folder == models / "Lora"
+    finally:
+        r.close()
