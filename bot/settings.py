@@ -141,6 +141,13 @@ def _database_url(raw: str) -> str:
     # Users write plain sqlite:/// URLs; the bot is async, so use the aiosqlite driver for them.
     if value.startswith("sqlite:///"):
         value = "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
+    if not value.startswith("sqlite+aiosqlite://"):
+        # The stores use SQLite's upsert and have only been tested on SQLite: refuse at start, clearly,
+        # rather than fail on the first job.
+        scheme = value.split("://", 1)[0]  # not the rest: a server URL may carry a password
+        raise ValueError(
+            f"only SQLite is supported for now (sqlite+aiosqlite:///path/bot.db), got {scheme}://…"
+        )
     return value
 
 
@@ -170,7 +177,12 @@ SPECS: tuple[Spec, ...] = (
         "",
         "Sync slash commands to these guilds at once (comma-separated) instead of globally",
     ),
-    Spec("DATABASE_URL", _database_url, "sqlite+aiosqlite:///data/bot.db", "SQLAlchemy database URL"),
+    Spec(
+        "DATABASE_URL",
+        _database_url,
+        "sqlite+aiosqlite:///data/bot.db",
+        "SQLite database URL (the only kind supported)",
+    ),
     Spec("OUTPUT_DIR", _str, "data/images", "Folder where every generated image is saved as PNG"),
     Spec("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Spec("MODEL", _str, DEFAULT_MODEL, "Hub id, local diffusers folder, or a .safetensors checkpoint file"),

@@ -54,6 +54,11 @@ def test_env_file_is_read_and_environment_wins(tmp_path):
 def test_plain_sqlite_url_gets_the_async_driver():
     s = Settings.from_env({"DISCORD_TOKEN": "t", "DATABASE_URL": "sqlite:///x.db"}, env_file=None)
     assert s.database_url == "sqlite+aiosqlite:///x.db"
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL: only SQLite is supported") as refused:
+        Settings.from_env(
+            {"DISCORD_TOKEN": "t", "DATABASE_URL": "postgresql+asyncpg://u:pw@h/db"}, env_file=None
+        )
+    assert "pw" not in str(refused.value)
 
 
 def test_token_never_prints():
