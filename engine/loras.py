@@ -113,9 +113,24 @@ class LoraLibrary:
         if self._pipe_id != id(pipe):  # another model was loaded: its adapters went with the old one
             self._loaded.clear()
             self._pipe_id = id(pipe)
+        if not loras and not self._loaded:
+            return
+        # A torch.compile'd UNet (--compile) hides its layers from diffusers' LoRA code: give it the real
+        # module meanwhile. The compiled wrapper runs that same module, so it sees the adapters (and
+        # recompiles for them).
+        compiled = pipe.unet
+        original = getattr(compiled, "_orig_mod", None)
+        if original is not None:
+            pipe.unet = original
+        try:
+            self._switch(pipe, loras)
+        finally:
+            if original is not None:
+                pipe.unet = compiled
+
+    def _switch(self, pipe: Any, loras: Loras) -> None:
         if not loras:
-            if self._loaded:
-                pipe.disable_lora()
+            pipe.disable_lora()
             return
         adapters: list[str] = []
         for name, _ in loras:
