@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Guild, Image, Job, JobState, Usage, User, utcnow
+from bot.db.session import Sessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class SavedImage:
 
 
 class JobStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
 
     async def _ensure_people(

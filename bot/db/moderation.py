@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import AuditEntry, Ban, BlockedTerm, Job, JobState, LimitOverride, Usage, User, utcnow
+from bot.db.session import Sessions
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
@@ -116,7 +117,7 @@ class ModerationStore:
     """One per bot process, and the only writer of overrides, bans and blocked terms: that is what lets it
     keep each guild's rules in memory (read on every /imagine) and drop them on its own writes."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
         self._rules: dict[int, _GuildRuleSet] = {}
         self._generation: dict[int, int] = {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,29 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+class Sessions:
+    """The stores' session factory: ``sessions()`` for reading, ``sessions.begin()`` for one write
+    transaction.
+
+    Write transactions take turns in this process. SQLite has one writer at a time, and writers on separate
+    connections wait for each other in SQLite's busy handler, which sleeps up to 100 ms a try: in
+    100-command bursts that put a second on the slowest intakes (BENCHMARKS.md, finding 3). An asyncio lock
+    hands the turn over at once instead, and a cancelled task gives it back on the way out. Readers (WAL)
+    never wait."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
+        self._maker = maker
+        self._write_turn = asyncio.Lock()
+
+    def __call__(self) -> AsyncSession:
+        return self._maker()
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncSession]:
+        async with self._write_turn, self._maker.begin() as session:
+            yield session
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -43,7 +69,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
+        self.sessions = Sessions(async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession))
 
     async def migrate(self) -> None:
         """Apply pending migrations (``alembic upgrade head``) over this engine's connection."""
