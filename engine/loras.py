@@ -13,6 +13,7 @@ own), once per file and model, as named peft adapters; each batch then switches 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -28,6 +29,20 @@ PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin")  # pickles run code when loaded: only
 _TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 
 Loras = tuple[tuple[str, float], ...]  # (name as in the tag, weight), sorted by name
+
+
+def short_hash(path: Path) -> str:
+    """A1111's short hash of a LoRA file: the first 12 hex digits of the SHA-256 of a ``.safetensors``
+    file's tensor data, after its JSON header (kohya's "addnet" hash, so that editing the metadata does not
+    change it); of the whole file for other formats."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if path.suffix.lower() == ".safetensors":
+            header = int.from_bytes(f.read(8), "little")
+            f.seek(8 + header)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 def default_folder(lora_dir: str | Path | None, models_dir: str | Path | None) -> Path | None:
@@ -70,6 +85,7 @@ class LoraLibrary:
     folder: Path | None
     allow_pickle: bool = False
     _loaded: dict[Path, str] = field(default_factory=dict)  # file -> adapter name in the pipeline
+    _hashes: dict[tuple[Path, float], str] = field(default_factory=dict)  # (file, mtime) -> short hash
     _pipe_id: int | None = None
 
     def names(self) -> list[str]:
@@ -107,6 +123,21 @@ class LoraLibrary:
         """Raise LoraError unless every LoRA named is there (before a request is queued)."""
         for name, _ in loras:
             self.resolve(name)
+
+    def hashes(self, loras: Loras) -> str | None:
+        """A1111's ``Lora hashes`` PNG-info value (``name: hash, name: hash``), by which sites such as
+        Civitai recognise the LoRAs a picture used; None without LoRAs."""
+        if not loras:
+            return None
+        parts = []
+        for name, _ in loras:
+            path = self.resolve(name)
+            key = (path, path.stat().st_mtime)
+            if key not in self._hashes:
+                self._hashes[key] = short_hash(path)
+            # A1111 takes these two out of names: they would break the list's own syntax.
+            parts.append(f"{name.replace(':', '').replace(',', '')}: {self._hashes[key]}")
+        return ", ".join(parts)
 
     def apply(self, pipe: Any, loras: Loras) -> None:
         """Make ``pipe`` run with exactly ``loras`` (loading files it has not seen), or with none."""

@@ -605,6 +605,11 @@ class Runner:
             extras["Denoising strength"] = key.strength
         if key.kind == JobKind.UPSCALE:
             extras["Hires upscale"] = job.upscale
+        if key.loras:
+            try:
+                extras["Lora hashes"] = self.loras.hashes(key.loras)
+            except (loras_mod.LoraError, OSError):  # the file went away after the run: leave it out
+                log.warning("could not hash the LoRAs %s", key.loras)
         return pnginfo.format_parameters(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,

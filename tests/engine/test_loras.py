@@ -6,6 +6,7 @@ saved by diffusers as a .safetensors file, so applying it visibly changes the pi
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_a_bad_weight_names_the_tag():
         loras.extract("a cat <lora:Ink:x>")
 
 
-def test_a_lora_changes_the_picture_and_weight_zero_does_not(lora_runner):
+def test_a_lora_changes_the_picture_and_weight_zero_does_not(lora_runner, lora_dir):
     r = lora_runner
     plain = r.run([request("plain", prompt="a cat", seed=5)])["plain"]
     styled = r.run([request("styled", prompt="a cat <lora:Ink:1>", seed=5)])["styled"]
@@ -67,10 +68,17 @@ def test_a_lora_changes_the_picture_and_weight_zero_does_not(lora_runner):
     assert np.abs(pixels(plain, 0) - pixels(styled, 0)).mean() > 1.0
     assert_same_image(pixels(plain, 0), pixels(zero, 0))
     assert_same_image(pixels(plain, 0), pixels(after, 0))
-    # A1111 keeps the tag in the PNG info's prompt, so the picture can be made again from it.
-    from engine.pnginfo import read_png_parameters
+    # A1111 keeps the tag in the PNG info's prompt, so the picture can be made again from it, and names the
+    # file by its hash ("Lora hashes"): SHA-256 of the tensor data after the safetensors JSON header.
+    from engine.pnginfo import parse_parameters, read_png_parameters
 
-    assert read_png_parameters(styled.images[0].png).startswith("a cat <lora:Ink:1>")
+    text = read_png_parameters(styled.images[0].png)
+    assert text is not None and text.startswith("a cat <lora:Ink:1>")
+    data = next(lora_dir.rglob("Ink.safetensors")).read_bytes()
+    header = int.from_bytes(data[:8], "little")
+    expected = hashlib.sha256(data[8 + header :]).hexdigest()[:12]
+    assert parse_parameters(text)["Lora hashes"] == f"Ink: {expected}"
+    assert "Lora hashes" not in parse_parameters(read_png_parameters(plain.images[0].png) or "")
 
 
 def test_requests_with_different_loras_never_share_a_batch(lora_runner):
