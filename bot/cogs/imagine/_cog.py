@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.admin._common import FriendlyErrors
+from bot.cogs.admin._common import FriendlyErrors, lines_within
 from bot.cogs.imagine._delivery import LiveReply, edit_progress, edit_status, find_posted, is_dead_token
 from bot.cogs.imagine._submit import Origin, Prepared, prepare, submit
 from bot.cogs.imagine._views import JobButton, cancel_view, result_view
@@ -47,7 +47,7 @@ Inline flags work too, Midjourney style — options win over flags:
 > `/imagine portrait of a cat, oil painting --steps 30 --cfg 6.5 --sampler Euler a --count 2`
 Under a result: **U1–U4** upscale that picture 2×, **V1–V4** make four variations of it, {REROLL} runs
 the same prompt with a new seed (reacting {REROLL} does too), ℹ️ shows the parameters, 🗑️ deletes.
-A1111 prompt syntax works: `(word:1.3)`, `[word]`, `BREAK`, and `<lora:name:0.8>` for the server's LoRAs.
+A1111 prompt syntax works: `(word:1.3)`, `[word]`, `BREAK`, and `<lora:name:0.8>` (**/loras** lists them).
 Every picture keeps its A1111 `parameters` — drop it into AUTOMATIC1111's PNG Info tab.
 **/usage** shows what you have made and what is left today; **/cancel** stops a job of yours.
 Admins: **/limits**, **/ban**, **/blocklist**, **/queue**, **/stats**."""
@@ -192,6 +192,23 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     @app_commands.command(name="help", description="How to use the image bot")
     async def help(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(HELP, ephemeral=True)
+
+    @app_commands.command(name="loras", description="The LoRAs you can use in a prompt as <lora:name:0.8>")
+    async def loras(self, interaction: discord.Interaction) -> None:
+        s = self.bot.settings
+        if s.engine_transport != "local":
+            text = "LoRAs live on the GPU workers here; ask an admin which ones they have."
+        else:
+            folder = lora_tags.default_folder(s.lora_dir, s.models_dir)
+            names = lora_tags.LoraLibrary(folder, allow_pickle=s.allow_pickle_checkpoints).names()
+            if not names:
+                text = "This server has no LoRAs set up (an admin can point `LORA_DIR` at a folder of them)."
+            else:
+                example = f"`/imagine a lighthouse at dusk <lora:{names[0]}:0.8>`"
+                text = lines_within(
+                    [f"Add one to a prompt like this: {example}", *(f"• `{n}`" for n in names)]
+                )
+        await interaction.response.send_message(text, ephemeral=True)
 
     def _check_model(self, name: str | None) -> None:
         if name is None:

@@ -335,6 +335,10 @@ async def test_lora_tags_from_the_a1111_folder_and_unknown_ones(
         text = unknown.callbacks[0]["data"]["content"]
         # (Markdown-escaped: Discord shows `ink\_style` as ink_style.)
         assert unknown.ephemeral and "unknown LoRA 'watercolor'" in text and "ink\\_style" in text
+        listed = await fake.invoke("loras", {}, guild=guild, channel=channel, user=alice)
+        await listed.wait_response()
+        text = listed.callbacks[0]["data"]["content"]
+        assert listed.ephemeral and "• `ink_style`" in text and "<lora:ink_style:0.8>" in text
         _, message = await _imagine(fake, guild, channel, alice, "a cat <lora:ink_style:0.8>", count=1)
         params = read_png_parameters(message.attachments[0].data)
         assert params is not None and params.startswith("a cat <lora:ink_style:0.8>")
