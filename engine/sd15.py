@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.tiny import SCHEDULER_CONFIG, _bytes_to_unicode
+from engine.tiny import SCHEDULER_CONFIG, _bytes_to_unicode, write_tokenizer
 
 BPE_FILE = Path(__file__).with_name("data") / "clip_bpe_simple_vocab_16e6.txt.gz"
 CONFIG_VERSION = "1"
@@ -115,20 +115,8 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 
 def write_clip_tokenizer(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    vocab, merges = clip_vocab_and_merges()
-    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-    }
-    (path / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, **special}
-    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    return path
+    """SD 1.5's CLIP tokenizer folder, from the vocabulary this package ships."""
+    return write_tokenizer(path, vocab_and_merges=clip_vocab_and_merges())
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

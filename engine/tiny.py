@@ -72,10 +72,16 @@ def tiny_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def write_tokenizer(path: Path, *, model_max_length: int = 77) -> Path:
-    """Write a loadable CLIPTokenizer folder (vocab.json, merges.txt, configs) built from the tiny vocab."""
+def write_tokenizer(
+    path: Path,
+    *,
+    model_max_length: int = 77,
+    vocab_and_merges: tuple[dict[str, int], list[str]] | None = None,
+) -> Path:
+    """Write a loadable CLIPTokenizer folder (vocab.json, merges.txt, configs) from ``vocab_and_merges``
+    (default: the tiny vocab; engine/sd15.py passes CLIP's own)."""
     path.mkdir(parents=True, exist_ok=True)
-    vocab, merges = tiny_vocab_and_merges()
+    vocab, merges = vocab_and_merges or tiny_vocab_and_merges()
     (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     special = {
