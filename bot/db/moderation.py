@@ -212,19 +212,25 @@ class ModerationStore:
     async def overrides(self, guild_id: int) -> list[OverrideRow]:
         return (await self.rules(guild_id, 0)).overrides
 
+    @staticmethod
+    async def _override(
+        session: AsyncSession, guild_id: int, scope: str, target_id: int, name: str
+    ) -> LimitOverride | None:
+        return await session.scalar(
+            select(LimitOverride).where(
+                LimitOverride.guild_id == guild_id,
+                LimitOverride.scope == scope,
+                LimitOverride.target_id == target_id,
+                LimitOverride.name == name,
+            )
+        )
+
     async def set_limit(
         self, guild_id: int, scope: str, target_id: int, name: str, value: int, *, actor_id: int
     ) -> int | None:
         """Set an override; returns the value it replaced (None: there was none)."""
         async with self._write(guild_id) as session:
-            row = await session.scalar(
-                select(LimitOverride).where(
-                    LimitOverride.guild_id == guild_id,
-                    LimitOverride.scope == scope,
-                    LimitOverride.target_id == target_id,
-                    LimitOverride.name == name,
-                )
-            )
+            row = await self._override(session, guild_id, scope, target_id, name)
             old = None if row is None else row.value
             if row is None:
                 session.add(
@@ -248,14 +254,7 @@ class ModerationStore:
     ) -> int | None:
         """Remove an override; returns the value it had (None: there was nothing to remove)."""
         async with self._write(guild_id) as session:
-            row = await session.scalar(
-                select(LimitOverride).where(
-                    LimitOverride.guild_id == guild_id,
-                    LimitOverride.scope == scope,
-                    LimitOverride.target_id == target_id,
-                    LimitOverride.name == name,
-                )
-            )
+            row = await self._override(session, guild_id, scope, target_id, name)
             if row is None:
                 return None
             old = row.value
