@@ -88,23 +88,33 @@ class LoraLibrary:
     _hashes: dict[tuple[Path, float], str] = field(default_factory=dict)  # (file, mtime) -> short hash
     _pipe_id: int | None = None
 
+    # Lower-case file stem -> files, from the last walk of the folder. A name is looked up for every request,
+    # batch and picture that uses it: walking a large LoRA tree each time would be I/O for nothing. A name
+    # not found, or a file gone, walks the folder again, so files added or removed are seen.
+    _index: dict[str, list[Path]] = field(default_factory=dict)
+
+    def _scan(self) -> None:
+        index: dict[str, list[Path]] = {}
+        if self.folder is not None and self.folder.is_dir():
+            # A1111 keeps LoRAs in subfolders too (by style, by model); a tag names the file, not the path.
+            for path in sorted(self.folder.rglob("*")):
+                if path.is_file():
+                    index.setdefault(path.stem.lower(), []).append(path)
+        self._index = index  # whole, in one step: PNG threads read it while the runner may rescan
+
     def names(self) -> list[str]:
-        if self.folder is None or not self.folder.is_dir():
-            return []
+        self._scan()
         suffixes = SAFE_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
-        # A1111 keeps LoRAs in subfolders too (by style, by model); a tag names the file, not the path.
-        return sorted(
-            {p.stem for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes},
-            key=str.lower,
-        )
+        stems = {p.stem for files in self._index.values() for p in files if p.suffix.lower() in suffixes}
+        return sorted(stems, key=str.lower)
 
     def resolve(self, name: str) -> Path:
         if self.folder is None:
             raise LoraError(f"this bot has no LoRA folder set up, so <lora:{name}> cannot be used")
-        found: list[Path] = []
-        for path in sorted(self.folder.rglob("*")):
-            if path.is_file() and path.stem.lower() == name.lower():
-                found.append(path)
+        found = self._index.get(name.lower())
+        if not found or not all(p.is_file() for p in found):
+            self._scan()
+            found = self._index.get(name.lower(), [])
         usable = [p for p in found if p.suffix.lower() in SAFE_SUFFIXES]
         if not usable and self.allow_pickle:
             usable = [p for p in found if p.suffix.lower() in PICKLE_SUFFIXES]

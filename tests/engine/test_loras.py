@@ -117,6 +117,17 @@ def test_unknown_and_pickled_loras_are_refused_with_a_reason(lora_runner, runner
     assert isinstance(none, JobFailed) and "no LoRA folder" in none.reason
 
 
+def test_files_added_or_moved_after_a_lookup_are_found(tmp_path: Path):
+    library = loras.LoraLibrary(tmp_path)
+    with pytest.raises(loras.LoraError, match="unknown LoRA 'late'"):
+        library.resolve("late")
+    (tmp_path / "late.safetensors").write_bytes(b"x")
+    assert library.resolve("late") == tmp_path / "late.safetensors"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "late.safetensors").rename(tmp_path / "sub" / "late.safetensors")
+    assert library.resolve("LATE") == tmp_path / "sub" / "late.safetensors"
+
+
 def test_the_lora_folder_defaults_to_a1111s_layout(tiny_model: Path, tmp_path: Path):
     from engine.runner import Runner
 
