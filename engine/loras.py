@@ -87,6 +87,7 @@ class LoraLibrary:
     _loaded: dict[Path, str] = field(default_factory=dict)  # file -> adapter name in the pipeline
     _hashes: dict[tuple[Path, float], str] = field(default_factory=dict)  # (file, mtime) -> short hash
     _pipe_id: int | None = None
+    _active: Loras | None = None  # the set the pipeline runs with now (None: unknown)
 
     # Lower-case file stem -> files, from the last walk of the folder. A name is looked up for every request,
     # batch and picture that uses it: walking a large LoRA tree each time would be I/O for nothing. A name
@@ -153,9 +154,9 @@ class LoraLibrary:
         """Make ``pipe`` run with exactly ``loras`` (loading files it has not seen), or with none."""
         if self._pipe_id != id(pipe):  # another model was loaded: its adapters went with the old one
             self._loaded.clear()
-            self._pipe_id = id(pipe)
-        if not loras and not self._loaded:
-            return
+            self._pipe_id, self._active = id(pipe), None
+        if loras == self._active or (not loras and not self._loaded):
+            return  # already so: set_adapters walks every layer of the UNet, once per batch is waste
         # A torch.compile'd UNet (--compile) hides its layers from diffusers' LoRA code: give it the real
         # module meanwhile. The compiled wrapper runs that same module, so it sees the adapters (and
         # recompiles for them).
@@ -163,8 +164,10 @@ class LoraLibrary:
         original = getattr(compiled, "_orig_mod", None)
         if original is not None:
             pipe.unet = original
+        self._active = None  # unknown until the switch is through
         try:
             self._switch(pipe, loras)
+            self._active = loras
         finally:
             if original is not None:
                 pipe.unet = compiled
