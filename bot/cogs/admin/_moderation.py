@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.cogs.admin._common import (
+from bot.cogs.common import (
     ADMIN_PERMISSIONS,
     FriendlyErrors,
     admin_only,

@@ -7,7 +7,7 @@ import re
 import discord
 from discord import app_commands
 
-from bot.cogs.admin._common import (
+from bot.cogs.common import (
     FriendlyErrors,
     admin_only,
     caller_is_admin,

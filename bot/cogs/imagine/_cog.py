@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.admin._common import FriendlyErrors, lines_within
+from bot.cogs.common import FriendlyErrors, lines_within
 from bot.cogs.imagine._delivery import LiveReply, edit_progress, edit_status, find_posted, is_dead_token
 from bot.cogs.imagine._submit import Origin, Prepared, prepare, submit
 from bot.cogs.imagine._views import JobButton, cancel_view, result_view

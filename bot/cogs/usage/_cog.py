@@ -7,7 +7,7 @@ import datetime as dt
 import discord
 from discord import app_commands
 
-from bot.cogs.admin._common import FriendlyErrors, caller_is_admin, lines_within, reply, seconds, stamp
+from bot.cogs.common import FriendlyErrors, caller_is_admin, lines_within, reply, seconds, stamp
 from bot.db.models import JobState, utcnow
 from bot.db.moderation import Totals
 from bot.jobs import limits

@@ -1,5 +1,6 @@
-"""What the admin and usage commands share: the in-bot admin check, one error handler that turns every
-failure into a short ephemeral answer (never a traceback), and small formatting helpers.
+"""What every cog of this bot shares (a public module, so no cog imports another's private one): the in-bot
+admin check, one error handler that turns every failure into a short ephemeral answer (never a
+traceback), and small formatting helpers.
 
 Discord's own gate (``default_permissions``) hides admin commands from members without Manage Server,
 but a guild can loosen it in its integration settings; the check here runs on every call regardless.
