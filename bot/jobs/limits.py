@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.jobs import policy
+from engine import bounds
 
 
 class LimitName(StrEnum):
@@ -82,9 +83,12 @@ SPECS: Mapping[LimitName, LimitSpec] = {
         LimitSpec(LimitName.DAILY_IMAGES, 0, 1_000_000, "images per member per day here (resets 00:00 UTC)"),
         LimitSpec(LimitName.QUEUED_JOBS, 0, 1_000, "jobs one member may have queued or running here"),
         LimitSpec(LimitName.COOLDOWN_SECONDS, 0, 86_400, "seconds between two jobs of one member", True),
-        LimitSpec(LimitName.MAX_STEPS, 1, 150, "most sampling steps per job"),
-        LimitSpec(LimitName.MAX_PIXELS, 64 * 64, 2048 * 2048, "most pixels per image (width × height)"),
-        LimitSpec(LimitName.MAX_COUNT, 1, 16, "most images per job"),
+        # The hard bounds an admin may set these within are engine/bounds.py's table.
+        LimitSpec(LimitName.MAX_STEPS, bounds.STEPS.lo, bounds.STEPS.hi, "most sampling steps per job"),
+        LimitSpec(
+            LimitName.MAX_PIXELS, bounds.PIXELS.lo, bounds.PIXELS.hi, "most pixels per image (width × height)"
+        ),
+        LimitSpec(LimitName.MAX_COUNT, bounds.COUNT.lo, bounds.COUNT.hi, "most images per job"),
         LimitSpec(
             LimitName.ALLOW_IMG2IMG, 0, 1, "variations and upscales allowed (1) or not (0)", boolean=True
         ),

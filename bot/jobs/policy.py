@@ -10,10 +10,11 @@ import re
 import shlex
 from dataclasses import dataclass, fields, replace
 
+from engine import bounds
 from engine.sampler_names import SAMPLER_NAMES
 
-MAX_PROMPT_CHARS = 1500
-MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = bounds.PROMPT_CHARS
+MAX_SEED = bounds.SEED.hi
 ASPECTS: tuple[str, ...] = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
 
 
@@ -43,6 +44,8 @@ class Params:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """A guild's limits for one member; each within engine/bounds.py's table (checked again in resolve)."""
+
     max_steps: int = 50
     max_pixels: int = 1024 * 1024
     max_count: int = 4
@@ -222,32 +225,51 @@ def resolve(
         )
     if "\x00" in prompt or "\x00" in negative:
         raise PolicyError("Your prompt contains a NUL character; please remove it.")
+    for label, text in (("prompt", prompt), ("negative prompt", negative)):
+        if (chunks := bounds.break_chunks(text)) > bounds.PROMPT_CHUNKS:
+            raise PolicyError(
+                f"Your {label} has {chunks - 1} `BREAK`s; the most is {bounds.PROMPT_CHUNKS - 1} "
+                f"({bounds.PROMPT_CHUNKS} chunks of 75 tokens)."
+            )
 
+    # A guild's limit never lifts a value past the table: min() with the hard bound.
+    max_steps = min(limits.max_steps, bounds.STEPS.hi)
     steps = defaults.steps if params.steps is None else params.steps
-    if not 1 <= steps <= limits.max_steps:
-        raise PolicyError(f"Steps must be between 1 and {limits.max_steps} here (you asked for {steps}).")
+    if not bounds.STEPS.lo <= steps <= max_steps:
+        raise PolicyError(
+            f"Steps must be between {bounds.STEPS.lo} and {max_steps} here (you asked for {steps})."
+        )
     cfg = defaults.cfg if params.cfg is None else params.cfg
-    if not (math.isfinite(cfg) and 1.0 <= cfg <= 30.0):
-        raise PolicyError(f"CFG scale must be between 1 and 30 (you asked for {cfg:g}).")
+    if cfg not in bounds.CFG:
+        raise PolicyError(
+            f"CFG scale must be between {bounds.CFG.lo:g} and {bounds.CFG.hi:g} (you asked for {cfg:g})."
+        )
+    max_count = min(limits.max_count, bounds.COUNT.hi)
     count = defaults.count if params.count is None else params.count
-    if not 1 <= count <= limits.max_count:
-        raise PolicyError(f"Count must be between 1 and {limits.max_count} here (you asked for {count}).")
+    if not bounds.COUNT.lo <= count <= max_count:
+        raise PolicyError(
+            f"Count must be between {bounds.COUNT.lo} and {max_count} here (you asked for {count})."
+        )
     sampler = find_sampler(params.sampler) if params.sampler else defaults.sampler
     width, height = aspect_size(params.aspect or "1:1", defaults.size)
-    if width * height > limits.max_pixels:
+    max_pixels = min(limits.max_pixels, bounds.PIXELS.hi)
+    if width * height > max_pixels or width not in bounds.SIDE or height not in bounds.SIDE:
         raise PolicyError(
-            f"{width}×{height} is {width * height:,} pixels; the most here is {limits.max_pixels:,}. "
-            "Try a less extreme aspect ratio."
+            f"{width}×{height} is {width * height:,} pixels; the most here is {max_pixels:,} "
+            f"and {bounds.SIDE.hi} per side. Try a less extreme aspect ratio."
         )
     if params.seed is None:
         seed = (rng or random.SystemRandom()).randrange(0, MAX_SEED + 1)
-    elif 0 <= params.seed <= MAX_SEED:
+    elif params.seed in bounds.SEED:
         seed = params.seed
     else:
         raise PolicyError(f"Seed must be between 0 and {MAX_SEED} (you gave {params.seed}).")
     strength = 0.75 if params.strength is None else params.strength
-    if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
-        raise PolicyError(f"Strength must be above 0 and at most 1 (you gave {strength:g}).")
+    if strength not in bounds.STRENGTH:
+        raise PolicyError(
+            f"Strength must be between {bounds.STRENGTH.lo:g} and {bounds.STRENGTH.hi:g} "
+            f"(you gave {strength:g})."
+        )
     model = params.model.strip() if params.model else None
     if model is not None and (len(model) > 200 or not re.fullmatch(r"[\w .+\-()\[\]]+", model)):
         raise PolicyError("That model name has characters I can't use; pick one from the list.")
