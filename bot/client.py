@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import discord
 import yarl
@@ -15,6 +16,9 @@ from bot.jobs.admission import Admission
 from bot.jobs.manager import JobManager
 from bot.settings import Settings
 from bot.transport.base import Transport
+
+if TYPE_CHECKING:
+    from bot.cogs.imagine._delivery import Courier
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ def make_transport(settings: Settings) -> Transport:
 
 
 class ImagineBot(commands.Bot):
+    courier: Courier  # set by the imagine extension: posts job news and results (bot/cogs/imagine)
+
     def __init__(self, settings: Settings, *, transport: Transport | None = None) -> None:
         intents = discord.Intents.none()
         intents.guilds = True

@@ -1,9 +1,8 @@
-"""Getting job news onto Discord without ever losing a result.
+"""The message that follows a job from queued to posted (an interaction's reply, or the bot's own
+status message for a 🔄 reaction), and the edits made to it.
 
-While the interaction token is young the bot edits its own reply; after that (tokens die at 15
-minutes, and after a restart there is no token at all) it posts a channel message replying to the
-author. Progress edits are throttled and dropped when one is still in flight; the final result waits
-its turn and is never dropped.
+Progress edits are throttled and dropped when one is still in flight; the final result waits its turn
+(``lock``) and is never dropped.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 import discord
-
-from bot.db.models import Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -94,43 +91,3 @@ async def edit_status(reply: LiveReply, **fields: object) -> None:
             await reply.edit(**fields)
         except discord.HTTPException as exc:
             log.debug("status edit failed: %s", exc)
-
-
-async def find_posted(client: discord.Client, job: Job, content: str) -> discord.Message | None:
-    """A result that a previous run already put on Discord but was killed before recording it
-    (between the upload and writing ``delivered_at``): the job's own status message, or a message of
-    the bot's in the channel since the job was made, carrying the job's picture or, for a job that
-    failed or was cancelled, saying exactly ``content`` (the notice it would post). Best effort: without
-    history access it returns None and the result is posted (again)."""
-    if client.user is None:
-        return None
-    me = client.user.id
-
-    def carries(message: discord.Message) -> bool:
-        if message.author.id != me:
-            return False
-        if job.state is JobState.DONE:
-            return any(a.filename.startswith(f"{job.id}.") for a in message.attachments)
-        # A notice has no picture to name the job: only the job's own status message, or a channel post
-        # replying to it, can be its notice (another job's identical notice must not count).
-        own = message.id == job.status_message_id or (
-            message.reference is not None and message.reference.message_id == job.status_message_id
-        )
-        return bool(job.status_message_id) and own and message.content == content
-
-    channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-    if job.status_message_id:
-        try:
-            status = await channel.fetch_message(job.status_message_id)
-            if carries(status):
-                return status
-        except discord.HTTPException as exc:  # deleted meanwhile: the channel may still hold the result
-            log.debug("status message of job %s is gone: %s", job.id, exc)
-    try:
-        since = discord.Object(discord.utils.time_snowflake(job.created_at))
-        async for message in channel.history(limit=100, after=since):
-            if carries(message):
-                return message
-    except discord.HTTPException as exc:
-        log.debug("could not look for an earlier post of job %s: %s", job.id, exc)
-    return None
