@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine import bounds
+
 if TYPE_CHECKING:
     import torch
 
@@ -146,6 +148,10 @@ class PromptChunk:
     multipliers: list[float]
 
 
+class PromptTooLongError(ValueError):
+    """A prompt past :data:`engine.bounds.PROMPT_CHUNKS`: every chunk lengthens the UNet's context."""
+
+
 def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
     bos, eos = int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
     pad = tokenizer.pad_token_id
@@ -184,7 +190,8 @@ def _comma_id(tokenizer: Any) -> int | None:
 def tokenize_prompt(
     tokenizer: Any, text: str, convert: Callable[[str], str] | None = None
 ) -> list[PromptChunk]:
-    """``text`` as A1111 chunks of 77 ids (a port of A1111's ``tokenize_line``). Always at least one chunk.
+    """``text`` as A1111 chunks of 77 ids (a port of A1111's ``tokenize_line``). Always at least one chunk,
+    at most :data:`engine.bounds.PROMPT_CHUNKS` (:class:`PromptTooLongError` past that).
 
     ``convert`` rewrites each fragment before tokenizing (the pipeline's textual-inversion
     ``maybe_convert_prompt``, which expands multi-vector embedding tokens).
@@ -204,6 +211,11 @@ def tokenize_prompt(
 
     def next_chunk() -> None:
         nonlocal tokens, multipliers, last_comma
+        if len(chunks) == bounds.PROMPT_CHUNKS:  # stop at once: 250 BREAKs must not cost 250 chunks
+            raise PromptTooLongError(
+                f"the prompt is over {bounds.PROMPT_CHUNKS} chunks of {CHUNK_LENGTH} tokens "
+                "(each BREAK starts one)"
+            )
         chunks.append(_finish_chunk(tokenizer, tokens, multipliers))
         tokens, multipliers, last_comma = [], [], -1
 

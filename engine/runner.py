@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image, PngImagePlugin
 
-from engine import devices, loading, pnginfo, prompts
+from engine import bounds, devices, loading, pictures, pnginfo, prompts
 from engine import loras as loras_mod
 from engine.batching import plan_batch
 from engine.preview import Previewer
@@ -58,9 +57,9 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[Event], None]
 
-MAX_STEPS = 500
-MAX_SIDE = 4096
-MIN_SIDE = 64
+MAX_STEPS = bounds.STEPS.hi
+MAX_SIDE = bounds.SIDE.hi
+MIN_SIDE = bounds.SIDE.lo
 UPSCALE_FACTOR = 2
 TILING_ABOVE_PIXELS = 1024 * 1024  # VAE tiling for larger images (an upscaled 1024x1024 is still untiled)
 OOM_TEST_ENV = "ENGINE_TEST_OOM_ABOVE"
@@ -124,11 +123,10 @@ def _round8(value: float) -> int:
 
 
 def _decode_image(data: bytes) -> Image.Image:
+    # The bot sends a normalized PNG, but the wire is untrusted: the same format, size and mode rules again.
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except Exception as exc:
+        return pictures.open_rgb(data)
+    except pictures.PictureError as exc:
         raise RequestError(f"init image could not be decoded: {exc}") from exc
 
 
@@ -300,12 +298,15 @@ class Runner:
             sampler = canonical_sampler(request.sampler)
         except UnknownSamplerError as exc:
             raise RequestError(str(exc)) from exc
-        if not 1 <= request.steps <= MAX_STEPS:
+        # engine/bounds.py's table again, whatever the bot checked: the request may come from anywhere.
+        if request.steps not in bounds.STEPS:
             raise RequestError(f"steps must be between 1 and {MAX_STEPS}, got {request.steps}")
-        if request.count < 1:
-            raise RequestError(f"count must be at least 1, got {request.count}")
-        if not math.isfinite(request.cfg_scale) or request.cfg_scale < 0:
-            raise RequestError(f"cfg_scale must be a number >= 0, got {request.cfg_scale}")
+        if request.count not in bounds.COUNT:
+            raise RequestError(f"count must be between 1 and {bounds.COUNT.hi}, got {request.count}")
+        if request.cfg_scale not in bounds.CFG:
+            raise RequestError(
+                f"cfg_scale must be between {bounds.CFG.lo:g} and {bounds.CFG.hi:g}, got {request.cfg_scale}"
+            )
         if request.model is None or not request.model.strip():
             source = self.default_source
         elif request.model.strip() in (self.default_source.name, self.default_source.location):
@@ -324,8 +325,11 @@ class Runner:
         if request.kind != JobKind.TXT2IMG:
             if not request.init_image:
                 raise RequestError(f"a {request.kind.value} request needs an init image")
-            if not 0.0 < request.strength <= 1.0:
-                raise RequestError(f"strength must be in (0, 1], got {request.strength}")
+            if request.strength not in bounds.STRENGTH:
+                raise RequestError(
+                    f"strength must be between {bounds.STRENGTH.lo:g} and {bounds.STRENGTH.hi:g}, "
+                    f"got {request.strength}"
+                )
             strength = float(request.strength)
             init = _decode_image(request.init_image)
             if request.kind == JobKind.UPSCALE and width <= init.width and height <= init.height:
@@ -334,8 +338,11 @@ class Runner:
             if request.kind == JobKind.UPSCALE:
                 upscale = round(_round8(width) / init.width, 2)
         width, height = _round8(width), _round8(height)
-        if width > MAX_SIDE or height > MAX_SIDE:
-            raise RequestError(f"size {width}x{height} is over the engine's limit of {MAX_SIDE} per side")
+        if width > MAX_SIDE or height > MAX_SIDE or width * height > bounds.PIXELS.hi:
+            raise RequestError(
+                f"size {width}x{height} is over the engine's limit of {MAX_SIDE} per side "
+                f"and {bounds.PIXELS.hi:,} pixels"
+            )
         if init is not None and init.size != (width, height):
             init = init.resize((width, height), Image.Resampling.LANCZOS)
         try:
@@ -352,7 +359,7 @@ class Runner:
             sampler,
             float(request.cfg_scale),
             strength,
-            self._chunks(text, request.negative_prompt),
+            self._chunks(text, request.negative_prompt),  # raises RequestError past bounds.PROMPT_CHUNKS
             loras,
         )
         with self._lock:
@@ -369,7 +376,10 @@ class Runner:
 
     def _chunks(self, prompt: str, negative_prompt: str) -> int:
         tokenizer = getattr(self.pipe, "tokenizer", None)  # None while another model loads
-        return prompts.chunk_count(tokenizer, prompt, negative_prompt) if tokenizer else 1
+        try:
+            return prompts.chunk_count(tokenizer, prompt, negative_prompt) if tokenizer else 1
+        except prompts.PromptTooLongError as exc:
+            raise RequestError(str(exc)) from exc
 
     def plan(self, jobs: Iterable[Job]) -> list[tuple[Job, list[int]]]:
         """The next batch (engine/batching.py's rule)."""
@@ -533,9 +543,9 @@ class Runner:
         else:
             pipe = self.img2img
             kwargs.update(image=[job.init_image for job, _ in items], strength=key.strength)
-            strength = key.strength or 1.0
-            if int(key.steps * strength) < 1:  # diffusers runs int(steps * strength) steps: at least one
-                kwargs["num_inference_steps"] = math.ceil(1 / strength)
+            # Diffusers builds a schedule of num_inference_steps and runs int(steps * strength) of it; the
+            # schedule is lengthened to run at least one, never past bounds.STEPS (prepare checked both).
+            kwargs["num_inference_steps"] = bounds.img2img_schedule(key.steps, key.strength or 1.0)
         # Before encoding: a LoRA may change the text encoder too. The img2img pipeline shares these modules.
         self.loras.apply(self.pipe, key.loras)
         embeds = prompts.encode_prompts(
