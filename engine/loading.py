@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.model_files import ALL_SUFFIXES, PICKLE_SUFFIXES, is_diffusers_folder, list_models
+
 log = logging.getLogger(__name__)
 
-SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-CHECKPOINT_SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,12}\]$")  # A1111 shows models as "name [hash]"
 
 
@@ -43,32 +42,17 @@ class ModelSource:
         return f"{self.kind}:{self.location}"
 
 
-def _is_diffusers_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "model_index.json").is_file()
-
-
 def _source_for_path(path: Path) -> ModelSource:
     path = path.resolve()
-    if _is_diffusers_folder(path):
+    if is_diffusers_folder(path):
         return ModelSource("folder", str(path), path.name)
     if path.is_file():
-        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        if path.suffix.lower() not in ALL_SUFFIXES:
             raise ModelLoadError(
-                f"model file {path} has an unknown type; expected one of {', '.join(CHECKPOINT_SUFFIXES)}"
+                f"model file {path} has an unknown type; expected one of {', '.join(ALL_SUFFIXES)}"
             )
         return ModelSource("file", str(path), path.stem)
     raise ModelLoadError(f"model folder {path} has no model_index.json: it is not a diffusers model folder")
-
-
-def list_models(models_dir: str | Path | None) -> list[str]:
-    """The names a request can use: checkpoint file stems and diffusers sub-folders of ``models_dir``."""
-    if models_dir is None or not Path(models_dir).is_dir():
-        return []
-    names = []
-    for entry in sorted(Path(models_dir).iterdir()):
-        if (entry.is_file() and entry.suffix.lower() in CHECKPOINT_SUFFIXES) or _is_diffusers_folder(entry):
-            names.append(entry.stem if entry.is_file() else entry.name)
-    return names
 
 
 def resolve_model_name(name: str, models_dir: str | Path | None) -> ModelSource:
@@ -78,10 +62,10 @@ def resolve_model_name(name: str, models_dir: str | Path | None) -> ModelSource:
     clean = _HASH_SUFFIX.sub("", name.strip())
     if base is not None and base.is_dir() and clean and "/" not in clean and "\\" not in clean:
         if not clean.startswith("."):
-            for candidate in [base / clean, *(base / f"{clean}{s}" for s in CHECKPOINT_SUFFIXES)]:
-                if candidate.is_file() or _is_diffusers_folder(candidate):
+            for candidate in [base / clean, *(base / f"{clean}{s}" for s in ALL_SUFFIXES)]:
+                if candidate.is_file() or is_diffusers_folder(candidate):
                     return _source_for_path(candidate)
-    available = list_models(base)
+    available = list_models(base, allow_pickle=True)
     if base is None:
         raise ModelLoadError(f"model {name!r} not found: this worker has no MODELS_DIR to pick models from")
     hint = f"; available: {', '.join(available)}" if available else "; it is empty"
@@ -97,15 +81,15 @@ def resolve_model(spec: str, models_dir: str | Path | None = None) -> ModelSourc
     if models_dir is not None:
         base = Path(models_dir)
         if base.is_dir() and "/" not in name and "\\" not in name and name not in (".", ".."):
-            for candidate in [base / name, *(base / f"{name}{s}" for s in CHECKPOINT_SUFFIXES)]:
-                if candidate.is_file() or _is_diffusers_folder(candidate):
+            for candidate in [base / name, *(base / f"{name}{s}" for s in ALL_SUFFIXES)]:
+                if candidate.is_file() or is_diffusers_folder(candidate):
                     return _source_for_path(candidate)
     path = Path(spec).expanduser()
     if path.exists():
         return _source_for_path(path)
-    if re.fullmatch(r"\w[\w.\-]*/\w[\w.\-]*", spec) and not spec.endswith(CHECKPOINT_SUFFIXES):
+    if re.fullmatch(r"\w[\w.\-]*/\w[\w.\-]*", spec) and not spec.endswith(ALL_SUFFIXES):
         return ModelSource("hub", spec, spec)
-    available = list_models(models_dir)
+    available = list_models(models_dir, allow_pickle=True)
     where = f" in MODELS_DIR {models_dir}" if models_dir is not None else ""
     hint = f"; available: {', '.join(available)}" if available else ""
     raise ModelLoadError(f"model {spec!r} not found{where}: not a file, a diffusers folder or a hub id{hint}")
@@ -192,7 +176,7 @@ def _load_single_file(
             "worker flag --allow-pickle) if you trust the file"
         )
     config_dir = Path(config) if config is not None else default_single_file_config()
-    if config_dir is None or not _is_diffusers_folder(config_dir):
+    if config_dir is None or not is_diffusers_folder(config_dir):
         raise ModelLoadError(
             f"cannot load {path.name}: single-file checkpoints need a local diffusers config folder "
             f"(--single-file-config DIR); {config_dir} is not one"

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.model_files import PICKLE_SUFFIXES, SAFE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin")  # pickles run code when loaded: only with allow_pickle
 
 _TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 

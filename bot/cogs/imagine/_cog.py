@@ -4,7 +4,7 @@ the buttons' handlers in _actions.py, and the messages that follow a job in _del
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import logging
 
 import discord
@@ -16,18 +16,18 @@ from bot.cogs.imagine._actions import REROLL_EMOJI, reroll_from_reaction
 from bot.cogs.imagine._submit import Origin, prepare
 from bot.cogs.imagine._views import JobButton
 from bot.jobs.policy import ASPECTS, Params, PolicyError, aspect_size, parse_flags
-from bot.models_dir import available_models
+from engine import bounds, pictures
 from engine import loras as lora_tags
+from engine.model_files import list_models
 from engine.sampler_names import SAMPLER_NAMES
 
 log = logging.getLogger(__name__)
 
 REROLL = REROLL_EMOJI
-MAX_INPUT_BYTES = 10 * 1024 * 1024
 
 HELP = f"""**/imagine** `prompt` — four pictures as a 2×2 grid.
 Options: `negative` (what to leave out), `aspect` ({", ".join(ASPECTS)}), `seed`, `steps`, `cfg`,
-`sampler`, `count` (1–4), `model`, `image` + `strength` (start from your picture).
+`sampler`, `count`, `model`, `image` + `strength` (start from your picture).
 Inline flags work too, Midjourney style — options win over flags:
 > `/imagine a lighthouse at dusk --ar 16:9 --no fog, boats --seed 42`
 > `/imagine portrait of a cat, oil painting --steps 30 --cfg 6.5 --sampler Euler a --count 2`
@@ -56,11 +56,11 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         aspect="Shape of the picture",
         seed="Same seed + same settings = same picture",
         steps="More steps: more detail, slower",
-        cfg="How closely to follow the prompt (1-30, usually 5-9)",
+        cfg=f"How closely to follow the prompt ({bounds.CFG.lo:g}-{bounds.CFG.hi:g}, usually 5-9)",
         sampler="A1111 sampler name",
-        count="How many pictures (1-4)",
+        count="How many pictures (4 unless the server allows more)",
         model="Which model (from the server's model folder)",
-        image="Start from this picture (img2img)",
+        image=f"Start from this picture (img2img): {pictures.FORMAT_NAMES}",
         strength="With an image: how much to change it (0.1 a little - 1.0 completely)",
     )
     @app_commands.choices(
@@ -70,18 +70,20 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     async def imagine(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, 1500],
-        negative: app_commands.Range[str, 0, 1500] | None = None,
+        # The options' ranges are engine/bounds.py's table, which the inline flags and the engine read too.
+        prompt: app_commands.Range[str, 1, bounds.PROMPT_CHARS],
+        negative: app_commands.Range[str, 0, bounds.PROMPT_CHARS] | None = None,
         aspect: str | None = None,
-        seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
-        steps: app_commands.Range[int, 1, 150] | None = None,
-        cfg: app_commands.Range[float, 1.0, 30.0] | None = None,
+        seed: app_commands.Range[int, bounds.SEED.lo, bounds.SEED.hi] | None = None,
+        steps: app_commands.Range[int, bounds.STEPS.lo, bounds.STEPS.hi] | None = None,
+        cfg: app_commands.Range[float, bounds.CFG.lo, bounds.CFG.hi] | None = None,
         sampler: str | None = None,
-        count: app_commands.Range[int, 1, 4] | None = None,
-        model: app_commands.Range[str, 1, 200] | None = None,
+        count: app_commands.Range[int, bounds.COUNT.lo, bounds.COUNT.hi] | None = None,
+        model: app_commands.Range[str, 1, bounds.MODEL_NAME_CHARS] | None = None,
         image: discord.Attachment | None = None,
-        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
+        strength: app_commands.Range[float, bounds.STRENGTH.lo, bounds.STRENGTH.hi] | None = None,
     ) -> None:
+        # Only pure, instant checks before the acknowledgement: a refusal here is the response itself.
         try:
             flags = parse_flags(prompt)
             options = Params(
@@ -97,8 +99,16 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 strength=strength,
             )
             params = options.merged_over(flags)
-            self._check_model(params.model)
-            self._check_loras(params.prompt)
+        except PolicyError as exc:
+            await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True)
+            return
+        # Acknowledge before any network, file or database work: Discord drops an interaction not answered
+        # within 3 s, and the picture's download alone can take longer. Publicly, because the job's news
+        # and results are for the channel; a refusal from here on withdraws it (see _refuse_after_defer).
+        deferred = await interaction.response.defer(thinking=True)
+        try:
+            await asyncio.to_thread(self._check_model, params.model)  # walks the model folder
+            await asyncio.to_thread(self._check_loras, params.prompt)  # walks the LoRA folder
             kind, init, size = "txt2img", None, None
             if image is not None:
                 kind = "img2img"
@@ -107,15 +117,20 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 self.bot, Origin.of(interaction), params, kind=kind, init_image=init, size=size
             )
         except PolicyError as exc:
-            await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True)
+            await _refuse_after_defer(interaction, f"⚠️ {exc}")
             return
-        await self.bot.courier.start(interaction, prepared)
+        except Exception:
+            await _refuse_after_defer(
+                interaction, "❌ Sorry, something went wrong on my side; please try again."
+            )
+            raise
+        await self.bot.courier.start(interaction, prepared, deferred=deferred)
 
     @imagine.autocomplete("model")
     async def _model_names(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = available_models(
+        names = list_models(
             self.bot.settings.models_dir, allow_pickle=self.bot.settings.allow_pickle_checkpoints
         )
         wanted = current.lower()
@@ -145,7 +160,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     def _check_model(self, name: str | None) -> None:
         if name is None:
             return
-        names = available_models(
+        names = list_models(
             self.bot.settings.models_dir, allow_pickle=self.bot.settings.allow_pickle_checkpoints
         )
         if name not in names:
@@ -169,36 +184,51 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     async def _read_init_image(
         self, image: discord.Attachment, aspect: str | None
     ) -> tuple[bytes, tuple[int, int]]:
-        if not (image.content_type or "").startswith("image/"):
-            raise PolicyError(f"`{safe(image.filename, 60)}` is not a picture; attach a PNG, JPEG or WebP.")
-        if image.size > MAX_INPUT_BYTES:
-            raise PolicyError(f"That picture is {image.size / 2**20:.1f} MiB; the most is 10 MiB.")
+        """The attachment as the normalized PNG the engine gets (engine/pictures.py), and the job's size."""
+        name = safe(image.filename, 60)
+        # What Discord says about the file decides nothing (the member chose it), but it can refuse early.
+        if image.content_type and not image.content_type.startswith("image/"):
+            raise PolicyError(f"`{name}` is not a picture; attach a {pictures.FORMAT_NAMES}.")
+        if image.size > bounds.UPLOAD_BYTES:
+            raise PolicyError(
+                f"`{name}` is {image.size / 2**20:.1f} MiB; the most is {bounds.UPLOAD_BYTES // 2**20} MiB."
+            )
         try:
             data = await image.read()
         except discord.HTTPException:
             raise PolicyError("I couldn't download your picture; please try again.") from None
         try:
-            width, height = await asyncio.to_thread(_image_size, data)
-        except Exception:
-            raise PolicyError(f"I couldn't read `{safe(image.filename, 60)}` as a picture.") from None
+            picture = await asyncio.to_thread(pictures.normalize, data)
+        except pictures.PictureError as exc:
+            raise PolicyError(f"`{name}`: {exc}") from None
+        width, height = picture.width, picture.height
         if aspect is None:
             # Keep the shape of the picture the user gave, at the model's native pixel count.
             w, h = _reduce(width, height)
             aspect = f"{w}:{h}" if max(w, h) / min(w, h) <= 4 else "1:1"
-        return data, aspect_size(aspect, self.bot.settings.default_size)
+        return picture.png, aspect_size(aspect, self.bot.settings.default_size)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await reroll_from_reaction(self.bot, payload)
 
 
-def _image_size(data: bytes) -> tuple[int, int]:
-    from PIL import Image
+async def _refuse_after_defer(interaction: discord.Interaction, text: str) -> None:
+    """Answer a refusal privately although the command was deferred publicly.
 
-    with Image.open(io.BytesIO(data)) as image:
-        image.verify()
-    with Image.open(io.BytesIO(data)) as image:
-        return image.size
+    After a "thinking" defer, Discord turns the first followup into the deferred message and keeps the
+    defer's visibility, so an ephemeral followup alone would show the refusal to the whole channel. The
+    public "thinking…" is deleted first (the channel sees it vanish, as with other bots), then the
+    refusal is a fresh ephemeral followup. Should the delete fail, the refusal replaces the "thinking…"
+    instead of leaving it spinning."""
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(content=text)
+        return
+    with contextlib.suppress(discord.HTTPException):
+        await interaction.followup.send(text, ephemeral=True)
 
 
 def _reduce(width: int, height: int) -> tuple[int, int]:
