@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.db.models import Job
+from engine.protocol import JobProgress  # the engine's own event, passed on as it is
+
+__all__ = ["JobDispatched", "JobFinished", "JobProgress", "JobQueued", "ManagerEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,16 +18,10 @@ class JobQueued:
 
 
 @dataclass(frozen=True, slots=True)
-class JobStarted:
+class JobDispatched:
+    """The job left the queue for a worker (the engine's own ``JobStarted`` names no row)."""
+
     job: Job
-
-
-@dataclass(frozen=True, slots=True)
-class JobProgress:
-    job_id: str
-    step: int
-    total: int
-    preview: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,4 +35,4 @@ class JobFinished:
     job: Job
 
 
-ManagerEvent = JobQueued | JobStarted | JobProgress | JobFinished
+ManagerEvent = JobQueued | JobDispatched | JobProgress | JobFinished

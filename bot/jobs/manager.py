@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bot.db.jobs import JobStore, SavedImage
 from bot.db.models import Job, JobState
-from bot.jobs.events import JobFinished, JobProgress, JobQueued, JobStarted, ManagerEvent
+from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
 from bot.transport.base import Transport
 from engine import protocol
@@ -191,7 +191,7 @@ class JobManager:
                     await self._fail(job.id, f"its input image could not be read ({exc.strerror})")
                     continue
                 await self.transport.submit(request)
-                await self._emit(JobStarted(job))
+                await self._emit(JobDispatched(job))
 
     def _request_for(self, job: Job) -> protocol.GenerateRequest:
         init = Path(job.init_image_path).read_bytes() if job.init_image_path else None
@@ -230,7 +230,7 @@ class JobManager:
     async def _on_engine_event(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.JobProgress):
             if event.job_id in self._running:
-                await self._emit(JobProgress(event.job_id, event.step, event.total, event.preview))
+                await self._emit(event)
         elif isinstance(event, protocol.JobDone):
             await self._done(event)
         elif isinstance(event, protocol.JobFailed):

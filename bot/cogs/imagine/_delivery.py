@@ -31,7 +31,7 @@ from bot.cogs.imagine._replies import (
 from bot.cogs.imagine._submit import Prepared, submit
 from bot.cogs.imagine._views import cancel_view, result_view
 from bot.db.models import Job, JobState
-from bot.jobs.events import JobFinished, JobProgress, JobQueued, JobStarted, ManagerEvent
+from bot.jobs.events import JobDispatched, JobFinished, JobProgress, JobQueued, ManagerEvent
 from bot.render import fit, grid, placeholder
 
 if TYPE_CHECKING:
@@ -66,9 +66,19 @@ class Courier:
 
     # ------------------------------------------------------------------------------------- starting
 
-    async def start(self, interaction: discord.Interaction, prepared: Prepared) -> None:
-        """Acknowledge at once (Discord's 3 s), then record and queue the job."""
-        callback = await interaction.response.defer(thinking=True)
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        prepared: Prepared,
+        *,
+        deferred: discord.InteractionCallbackResponse | None = None,
+    ) -> None:
+        """Acknowledge at once (Discord's 3 s), then record and queue the job. ``deferred``: the command
+        already deferred (it had network or database work to do first), and this is Discord's answer."""
+        if interaction.response.is_done():
+            callback = deferred
+        else:
+            callback = await interaction.response.defer(thinking=True)
         job = prepared.job
         # Registered before submitting: the job may start (and even finish) before submit returns.
         reply = self.live[job.id] = LiveReply(interaction=interaction, headline=texts.headline(job))
@@ -117,7 +127,7 @@ class Courier:
             reply = self.live.get(event.job_id)
             if reply is not None:
                 await self._progress(reply, event)
-        elif isinstance(event, JobStarted):
+        elif isinstance(event, JobDispatched):
             reply = self.live.get(event.job.id)
             if reply is not None:
                 await edit_status(

@@ -20,7 +20,7 @@ import pytest
 
 from bot.db import Database, Job, JobState
 from bot.db.jobs import JobStore
-from bot.jobs.events import JobFinished, JobStarted
+from bot.jobs.events import JobDispatched, JobFinished
 from bot.jobs.manager import JobManager
 from bot.transport.nats import NatsTransport
 from engine.nats_layout import Layout
@@ -55,7 +55,7 @@ class Recorder:
         self.finished: list[Job] = []
 
     async def __call__(self, event: object) -> None:
-        if isinstance(event, JobStarted):
+        if isinstance(event, JobDispatched):
             self.started.append(event.job.id)
         elif isinstance(event, JobFinished):
             self.finished.append(event.job)
