@@ -40,6 +40,7 @@ COUNT = Bound(1, 16)  # images per job
 SEED = Bound(0, 2**32 - 1)
 
 PROMPT_CHARS = 1500  # a prompt, and separately its negative
+MODEL_NAME_CHARS = 200
 # 75-token chunks a prompt (or its negative) may encode to, BREAK included: each chunk lengthens the UNet's
 # cross-attention context, so 250 BREAKs made a 19,000-token context (about 5x the UNet's cost).
 PROMPT_CHUNKS = 8

@@ -271,6 +271,8 @@ def resolve(
             f"(you gave {strength:g})."
         )
     model = params.model.strip() if params.model else None
-    if model is not None and (len(model) > 200 or not re.fullmatch(r"[\w .+\-()\[\]]+", model)):
+    if model is not None and (
+        len(model) > bounds.MODEL_NAME_CHARS or not re.fullmatch(r"[\w .+\-()\[\]]+", model)
+    ):
         raise PolicyError("That model name has characters I can't use; pick one from the list.")
     return Resolved(prompt, negative, seed, steps, cfg, sampler, width, height, count, model, strength)

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 
 import discord
 
+from engine import bounds
+
 log = logging.getLogger(__name__)
 
 TOKEN_SAFE_AGE = dt.timedelta(minutes=14)  # Discord kills interaction tokens at 15 minutes
 PROGRESS_MIN_INTERVAL = 1.5  # seconds between progress edits of one message (rate limits: 5 per 5 s)
-DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit without boosts
+DEFAULT_UPLOAD_LIMIT = bounds.UPLOAD_BYTES  # Discord's per-file limit without boosts
 
 
 @dataclass(slots=True)
