@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from engine.protocol import JobKind
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -99,7 +101,10 @@ class Job(Base):
     guild_id: Mapped[int | None] = mapped_column(ForeignKey("guilds.id"), index=True)
     channel_id: Mapped[int] = mapped_column(BigInteger)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16), default="txt2img")
+    kind: Mapped[JobKind] = mapped_column(
+        Enum(JobKind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        default=JobKind.TXT2IMG,
+    )
     prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
     seed: Mapped[int] = mapped_column(BigInteger)
@@ -134,6 +139,11 @@ class Job(Base):
     status_message_id: Mapped[int | None] = mapped_column(BigInteger)
     result_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Failed deliveries: how many so far, when the redelivery sweep may try again (it backs off), and,
+    # once Discord refused for good or the tries ran out, why (the sweep then leaves the job alone).
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_delivery_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    undeliverable: Mapped[str | None] = mapped_column(String(200))
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", lazy="selectin"

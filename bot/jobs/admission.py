@@ -25,6 +25,7 @@ from bot.db.moderation import ModerationStore, OverrideRow
 from bot.jobs import limits, policy
 from bot.jobs.limits import Effective, LimitName, Override, Scope
 from bot.jobs.manager import new_job_id
+from engine.protocol import JobKind
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -127,7 +128,7 @@ class Admission:
         params: policy.Params,
         defaults: policy.Defaults,
         *,
-        kind: str = "txt2img",
+        kind: JobKind = JobKind.TXT2IMG,
         size: tuple[int, int] | None = None,
     ) -> Admitted:
         """Validate ``params`` against ``who``'s limits and quotas, and reserve the job; raise
@@ -143,7 +144,7 @@ class Admission:
             eff = limits.resolve(
                 self.defaults, overrides_of(rules.overrides), user_id=who.user_id, role_ids=who.role_ids
             )
-            if kind != "txt2img" and not eff[LimitName.ALLOW_IMG2IMG]:
+            if kind != JobKind.TXT2IMG and not eff[LimitName.ALLOW_IMG2IMG]:
                 raise policy.PolicyError(
                     "Variations, upscales and picture prompts are turned off here (`allow_img2img` = no)."
                 )

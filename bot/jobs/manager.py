@@ -22,6 +22,7 @@ from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
 from bot.transport.base import Transport
 from engine import protocol
+from engine.protocol import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class SpeedMeter:
 
     @staticmethod
     def units(job: Job) -> float:
-        steps = job.steps if job.kind == "txt2img" else max(1, int(job.steps * (job.strength or 1.0)))
+        steps = job.steps if job.kind == JobKind.TXT2IMG else max(1, int(job.steps * (job.strength or 1.0)))
         return max(1, steps) * job.count * (job.width * job.height) / (512 * 512)
 
     def record(self, job: Job, seconds: float) -> None:
@@ -207,7 +208,7 @@ class JobManager:
             count=job.count,
             sampler=job.sampler,
             model=job.model,
-            kind=protocol.JobKind(job.kind),
+            kind=job.kind,
             strength=job.strength if job.strength is not None else 0.75,
             init_image=init,
             priority=job.priority,

@@ -19,6 +19,7 @@ from bot.jobs.policy import ASPECTS, Params, PolicyError, aspect_size, parse_fla
 from engine import bounds, pictures
 from engine import loras as lora_tags
 from engine.model_files import list_models
+from engine.protocol import JobKind
 from engine.sampler_names import SAMPLER_NAMES
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,9 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         try:
             await asyncio.to_thread(self._check_model, params.model)  # walks the model folder
             await asyncio.to_thread(self._check_loras, params.prompt)  # walks the LoRA folder
-            kind, init, size = "txt2img", None, None
+            kind, init, size = JobKind.TXT2IMG, None, None
             if image is not None:
-                kind = "img2img"
+                kind = JobKind.IMG2IMG
                 init, size = await self._read_init_image(image, params.aspect)
             prepared = await prepare(
                 self.bot, Origin.of(interaction), params, kind=kind, init_image=init, size=size

@@ -14,6 +14,7 @@ import discord
 from bot.db.models import Job
 from bot.jobs.manager import Ticket
 from bot.jobs.policy import Defaults, Params
+from engine.protocol import JobKind
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -65,7 +66,7 @@ async def prepare(
     origin: Origin,
     params: Params,
     *,
-    kind: str = "txt2img",
+    kind: JobKind = JobKind.TXT2IMG,
     init_image: bytes | None = None,
     init_image_path: str | None = None,
     size: tuple[int, int] | None = None,
@@ -92,7 +93,7 @@ async def prepare(
         height=height,
         count=resolved.count,
         model=resolved.model,
-        strength=resolved.strength if kind != "txt2img" else None,
+        strength=resolved.strength if kind != JobKind.TXT2IMG else None,
         init_image_path=init_image_path,
         parent_job_id=parent.id if parent else None,
         parent_index=parent_index,
