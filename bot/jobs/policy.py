@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, fields, replace
 
 from engine import bounds
-from engine.sampler_names import SAMPLER_NAMES
+from engine.sampler_names import SAMPLER_NAMES, UnknownSamplerError, canonical_sampler
 
 MAX_PROMPT_CHARS = bounds.PROMPT_CHARS
 MAX_SEED = bounds.SEED.hi
@@ -202,11 +202,13 @@ def aspect_size(aspect: str, side: int = 512) -> tuple[int, int]:
 
 
 def find_sampler(name: str) -> str:
-    wanted = re.sub(r"\s+", " ", name.strip()).lower()
-    for known in SAMPLER_NAMES:
-        if known.lower() == wanted:
-            return known
-    raise PolicyError(f"Unknown sampler `{name[:40]}`. Choose one of: {', '.join(SAMPLER_NAMES)}.")
+    """The canonical A1111 spelling of ``name``, or a PolicyError listing the valid ones."""
+    try:
+        return canonical_sampler(name)
+    except UnknownSamplerError:
+        raise PolicyError(
+            f"Unknown sampler `{name[:40]}`. Choose one of: {', '.join(SAMPLER_NAMES)}."
+        ) from None
 
 
 def resolve(
