@@ -16,6 +16,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from engine import bounds
+
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg"
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -220,7 +222,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("NATS_URL", _url("nats", "tls"), "nats://127.0.0.1:4222", "NATS server URL (nats transport)"),
     Spec("NATS_NAMESPACE", _namespace, "imagine", "Prefix of NATS subjects and streams"),
     Spec("NATS_LEASE_SECONDS", _int(5, 3600), "30", "Seconds until a dead worker's job is requeued"),
-    Spec("DEFAULT_STEPS", _int(1, 150), "20", "Steps when the user gives none"),
+    Spec("DEFAULT_STEPS", _int(bounds.STEPS.lo, bounds.STEPS.hi), "20", "Steps when the user gives none"),
     Spec("DEFAULT_CFG", _str, "7", "CFG scale when the user gives none"),
     Spec("DEFAULT_SAMPLER", _str, "DPM++ 2M Karras", "Sampler (A1111 name) when the user gives none"),
     Spec(
@@ -242,14 +244,14 @@ SPECS: tuple[Spec, ...] = (
     Spec("DEFAULT_DAILY_IMAGES", _int(0, 1_000_000), "200", "Images per user per day (resets 00:00 UTC)"),
     Spec("DEFAULT_QUEUED_JOBS", _int(0, 1_000), "10", "Jobs one user may have queued or running"),
     Spec("DEFAULT_COOLDOWN_SECONDS", _int(0, 86_400), "0", "Seconds a user waits between two jobs"),
-    Spec("DEFAULT_MAX_STEPS", _int(1, 150), "50", "Most sampling steps per job"),
+    Spec("DEFAULT_MAX_STEPS", _int(bounds.STEPS.lo, bounds.STEPS.hi), "50", "Most sampling steps per job"),
     Spec(
         "DEFAULT_MAX_PIXELS",
-        _int(64 * 64, 2048 * 2048),
+        _int(bounds.PIXELS.lo, bounds.PIXELS.hi),
         "1572864",
         "Most pixels per image, width × height (room for 2× upscales of 512-pixel pictures)",
     ),
-    Spec("DEFAULT_MAX_COUNT", _int(1, 16), "4", "Most images per job"),
+    Spec("DEFAULT_MAX_COUNT", _int(bounds.COUNT.lo, bounds.COUNT.hi), "4", "Most images per job"),
     Spec("DEFAULT_ALLOW_IMG2IMG", _bool, "true", "Allow variations, upscales and image prompts"),
 )
 
@@ -322,8 +324,10 @@ class Settings:
             cfg = float(p["DEFAULT_CFG"])
         except ValueError:
             raise SettingsError(f"DEFAULT_CFG: expected a number, got {p['DEFAULT_CFG']!r}") from None
-        if not 1.0 <= cfg <= 30.0:
-            raise SettingsError(f"DEFAULT_CFG: must be between 1 and 30, got {cfg}")
+        if cfg not in bounds.CFG:
+            raise SettingsError(
+                f"DEFAULT_CFG: must be between {bounds.CFG.lo:g} and {bounds.CFG.hi:g}, got {cfg}"
+            )
         if p["DEFAULT_SIZE"] % 64:
             raise SettingsError(f"DEFAULT_SIZE: must be a multiple of 64, got {p['DEFAULT_SIZE']}")
         from engine.sampler_names import SAMPLER_NAMES
