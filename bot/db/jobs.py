@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -137,7 +137,28 @@ class JobStore:
             await session.execute(
                 update(Job)
                 .where(Job.id == job_id)
-                .values(delivered_at=utcnow(), result_message_id=message_id)
+                .values(delivered_at=utcnow(), result_message_id=message_id, next_delivery_at=None)
+            )
+
+    async def delivery_failed(self, job_id: str, retry_at: dt.datetime) -> int:
+        """Count a failed delivery and hold the job back until ``retry_at``; returns the attempts so far."""
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(delivery_attempts=Job.delivery_attempts + 1, next_delivery_at=retry_at)
+                .returning(Job.delivery_attempts)
+            )
+            row = result.first()
+            return 0 if row is None else int(row[0])
+
+    async def mark_undeliverable(self, job_id: str, reason: str) -> None:
+        """Give up on delivering a job: the sweep no longer picks it up (``reason`` says why, for admins)."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.delivered_at.is_(None))
+                .values(undeliverable=reason[:200], next_delivery_at=None)
             )
 
     async def set_status_message(
@@ -158,17 +179,18 @@ class JobStore:
             )
             return list(result.scalars())
 
-    async def undelivered(self) -> list[Job]:
-        """Finished jobs whose result never reached Discord."""
+    async def undelivered(self, due_by: dt.datetime | None = None) -> list[Job]:
+        """Finished jobs whose result never reached Discord and that are not given up on; with ``due_by``,
+        only those whose back-off has run out by then (the sweep), else all of them (a start)."""
+        conditions = [
+            Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
+            Job.delivered_at.is_(None),
+            Job.undeliverable.is_(None),
+        ]
+        if due_by is not None:
+            conditions.append(or_(Job.next_delivery_at.is_(None), Job.next_delivery_at <= due_by))
         async with self.sessions() as session:
-            result = await session.execute(
-                select(Job)
-                .where(
-                    Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
-                    Job.delivered_at.is_(None),
-                )
-                .order_by(Job.finished_at)
-            )
+            result = await session.execute(select(Job).where(*conditions).order_by(Job.finished_at))
             return list(result.scalars())
 
     async def images_since(self, user_id: int, guild_id: int | None, since: dt.datetime) -> int:
