@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot.db import Database
 from bot.db.jobs import JobStore
 from bot.db.moderation import ModerationStore
+from bot.db.usage import UsageStore
 from bot.jobs.admission import Admission
 from bot.jobs.manager import JobManager
 from bot.settings import Settings
@@ -86,6 +87,7 @@ class ImagineBot(commands.Bot):
             preview_every=settings.preview_every,
         )
         self.admission = Admission(ModerationStore(self.db.sessions), settings)
+        self.usage = UsageStore(self.db.sessions)
 
     async def setup_hook(self) -> None:
         await self.db.migrate()

@@ -1,5 +1,5 @@
-"""Queries behind limits, moderation and usage: overrides, bans, blocked terms, the audit log, and the
-aggregates for /usage and /stats.
+"""Queries behind limits and moderation: overrides, bans, blocked terms, the audit log, and the activity
+admission counts (the aggregates for /usage and /stats are in usage.py).
 
 Every admin change is written together with its audit entry in one transaction: either both are there
 or neither is. Values cross this boundary as plain data (strings and ints); their meaning lives in
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import AuditEntry, Ban, BlockedTerm, Job, JobState, LimitOverride, Usage, User, utcnow
+from bot.db.models import AuditEntry, Ban, BlockedTerm, Job, JobState, LimitOverride, Usage, utcnow
 from bot.db.session import Sessions
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
@@ -69,39 +69,7 @@ class Activity:
     known_job_ids: frozenset[str]  # which of the asked-about job ids exist (admission's reservations)
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
-    images: int = 0
-    engine_seconds: float = 0.0
-    jobs: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class UserUsage:
-    today: Totals
-    month: Totals
-    all_time: Totals
-
-
-@dataclass(frozen=True, slots=True)
-class TopUser:
-    user_id: int
-    name: str
-    images: int
-
-
-@dataclass(frozen=True, slots=True)
-class GuildStats:
-    all_time: Totals
-    today: Totals
-    users: int
-    top: list[TopUser]
-    average_wait: float | None  # seconds from queued to started
-    failed: int
-    cancelled: int
-
-
-def _guild_is(column: object, guild_id: int | None) -> object:
+def guild_is(column: object, guild_id: int | None) -> object:
     # `col == None` renders IS NULL: direct messages have no guild.
     return column == guild_id  # type: ignore[operator]
 
@@ -172,7 +140,7 @@ class ModerationStore:
     async def activity(
         self, guild_id: int | None, user_id: int, day_start: dt.datetime, job_ids: Sequence[str] = ()
     ) -> Activity:
-        mine = (Job.user_id == user_id, _guild_is(Job.guild_id, guild_id))
+        mine = (Job.user_id == user_id, guild_is(Job.guild_id, guild_id))
         active = (*mine, Job.state.in_(ACTIVE))
         # One statement of scalar subqueries: this runs for every /imagine, and each statement is a
         # round trip to the database thread.
@@ -182,7 +150,7 @@ class ModerationStore:
             select(func.coalesce(func.sum(Usage.images), 0))
             .where(
                 Usage.user_id == user_id,
-                _guild_is(Usage.guild_id, guild_id),
+                guild_is(Usage.guild_id, guild_id),
                 Usage.created_at >= day_start,
             )
             .scalar_subquery(),
@@ -362,74 +330,6 @@ class ModerationStore:
             return [
                 AuditRow(r.actor_id, r.action, r.target, r.old_value, r.new_value, r.created_at) for r in rows
             ]
-
-    # -------------------------------------------------------------------------------- usage
-
-    async def _totals(self, session: AsyncSession, *where: object) -> Totals:
-        row = (
-            await session.execute(
-                select(
-                    func.coalesce(func.sum(Usage.images), 0),
-                    func.coalesce(func.sum(Usage.engine_seconds), 0.0),
-                    func.count(),
-                ).where(*where)  # type: ignore[arg-type]
-            )
-        ).one()
-        return Totals(int(row[0]), float(row[1]), int(row[2]))
-
-    async def user_usage(
-        self, guild_id: int | None, user_id: int, *, today: dt.datetime, month: dt.datetime
-    ) -> UserUsage:
-        """Totals since ``today`` and ``month`` (the window starts) and of all time."""
-        base = (Usage.user_id == user_id, _guild_is(Usage.guild_id, guild_id))
-        async with self.sessions() as session:
-            return UserUsage(
-                today=await self._totals(session, *base, Usage.created_at >= today),
-                month=await self._totals(session, *base, Usage.created_at >= month),
-                all_time=await self._totals(session, *base),
-            )
-
-    async def guild_stats(
-        self, guild_id: int, *, today: dt.datetime, wait_since: dt.datetime, top: int = 5
-    ) -> GuildStats:
-        """Totals, the top users by images, and the average queue wait of jobs since ``wait_since``."""
-        async with self.sessions() as session:
-            in_guild = Usage.guild_id == guild_id
-            all_time = await self._totals(session, in_guild)
-            today_totals = await self._totals(session, in_guild, Usage.created_at >= today)
-            users = await session.scalar(select(func.count(func.distinct(Usage.user_id))).where(in_guild))
-            leaders = await session.execute(
-                select(Usage.user_id, func.coalesce(User.name, ""), func.sum(Usage.images).label("n"))
-                .join(User, User.id == Usage.user_id, isouter=True)
-                .where(in_guild)
-                .group_by(Usage.user_id, User.name)
-                .order_by(func.sum(Usage.images).desc(), Usage.user_id)
-                .limit(top)
-            )
-            started = await session.execute(
-                select(Job.created_at, Job.started_at).where(
-                    Job.guild_id == guild_id, Job.started_at.is_not(None), Job.created_at >= wait_since
-                )
-            )
-            waits = [(s - c).total_seconds() for c, s in started if s is not None and c is not None]
-            states = dict(
-                (
-                    await session.execute(
-                        select(Job.state, func.count())
-                        .where(Job.guild_id == guild_id, Job.state.in_([JobState.FAILED, JobState.CANCELLED]))
-                        .group_by(Job.state)
-                    )
-                ).all()
-            )
-        return GuildStats(
-            all_time=all_time,
-            today=today_totals,
-            users=int(users or 0),
-            top=[TopUser(int(u), str(n), int(c)) for u, n, c in leaders],
-            average_wait=sum(waits) / len(waits) if waits else None,
-            failed=int(states.get(JobState.FAILED, 0)),
-            cancelled=int(states.get(JobState.CANCELLED, 0)),
-        )
 
     async def bans(self, guild_id: int) -> list[BanRow]:
         async with self.sessions() as session:

@@ -9,7 +9,7 @@ from discord import app_commands
 
 from bot.cogs.common import FriendlyErrors, caller_is_admin, lines_within, reply, seconds, stamp
 from bot.db.models import JobState, utcnow
-from bot.db.moderation import Totals
+from bot.db.usage import Totals
 from bot.jobs import limits
 from bot.jobs.limits import LimitName
 from bot.jobs.policy import PolicyError
@@ -31,7 +31,7 @@ class UsageCog(FriendlyErrors):
         now = utcnow()
         store = self.store
         guild_id = interaction.guild_id
-        usage = await store.user_usage(
+        usage = await self.bot.usage.user_usage(
             guild_id, target.id, today=limits.day_start(now), month=limits.month_start(now)
         )
         activity = await store.activity(guild_id, target.id, limits.day_start(now))
@@ -62,7 +62,7 @@ class UsageCog(FriendlyErrors):
         if guild_id is None:
             raise app_commands.NoPrivateMessage()
         now = utcnow()
-        stats = await self.bot.admission.store.guild_stats(
+        stats = await self.bot.usage.guild_stats(
             guild_id, today=limits.day_start(now), wait_since=now - WAIT_WINDOW
         )
         active = [j for j in self.bot.jobs.active_jobs() if j.guild_id == guild_id]
