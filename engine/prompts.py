@@ -279,6 +279,12 @@ def needs_embeddings(pipe: Any, texts: Sequence[str]) -> bool:
     return any(len(x) > CHUNK_LENGTH for x in ids)
 
 
+# Below this share of a chunk's mean absolute value, its mean is taken for rounding noise (a float32 mean of
+# 77 x 768 values errs by ~1e-7 of it; real SD 1.x encoders end in a LayerNorm whose learned bias sets the
+# mean far above that).
+_MEAN_FLOOR = 1e-4
+
+
 def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     """A1111's ``EmphasisOriginal``: scale each token vector of ``z`` (chunks, 77, dim) by its multiplier
     (chunks, 77), then rescale each chunk so that its mean is what it was before.
@@ -294,8 +300,13 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     original_mean = z32.mean(dim=(1, 2), keepdim=True)
     weighted = z32 * m.unsqueeze(-1)
     new_mean = weighted.mean(dim=(1, 2), keepdim=True)
-    # A zero mean after weighting (only with pathological weights) would give inf/nan: keep the weighted one.
-    scale = torch.where(new_mean == 0, torch.ones_like(new_mean), original_mean / new_mean)
+    # A mean that is only float rounding (a text encoder whose last LayerNorm has no bias gives tokens of
+    # mean 0, so a chunk's mean is ~1e-8 of its values) would scale the chunk by a ratio of two rounding
+    # errors: any size or sign, different on each CPU. Keep the weighted chunk as it is then.
+    defined = (original_mean.abs() > _MEAN_FLOOR * z32.abs().mean(dim=(1, 2), keepdim=True)) & (
+        new_mean.abs() > _MEAN_FLOOR * weighted.abs().mean(dim=(1, 2), keepdim=True)
+    )
+    scale = torch.where(defined, original_mean / torch.where(defined, new_mean, 1.0), 1.0)
     out = (weighted * scale).to(z.dtype)
     plain = (m == 1.0).all(dim=1).view(-1, 1, 1)
     return torch.where(plain, z, out)

@@ -3,7 +3,6 @@ names per request, cached hub ids, and failures that name the file while the wor
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from engine.pnginfo import parse_parameters, read_png_parameters
 from engine.protocol import JobDone, JobFailed
 
 from .conftest import request
+from .pictures import assert_same_image, pixels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,8 +104,8 @@ def test_requests_pick_models_by_name_and_failures_keep_the_model(tiny_model, mo
         info = parse_parameters(read_png_parameters(res.images[0].png))
         assert info["Model"] == "tiny-file"
         assert info["Model hash"] == model_hash(models_dir / "tiny-file.safetensors")
-        # same weights, same seed: same picture
-        assert res.images[0].png[:100] == base.images[0].png[:100] or _same(res, base)
+        # same weights (bit for bit: test_single_file_checkpoint_round_trips), same seed: same picture
+        assert_same_image(pixels(res), pixels(base))
 
         bad = r.run([request("bad", model="broken")])["bad"]
         assert isinstance(bad, JobFailed) and "broken" in bad.reason
@@ -134,15 +134,6 @@ def test_requests_pick_models_by_name_and_failures_keep_the_model(tiny_model, mo
         assert isinstance(r.run([request("still", model="tiny-folder")])["still"], JobDone)
     finally:
         r.close()
-
-
-def _same(a: JobDone, b: JobDone) -> bool:
-    import numpy as np
-    from PIL import Image
-
-    x = np.asarray(Image.open(io.BytesIO(a.images[0].png))).astype(int)
-    y = np.asarray(Image.open(io.BytesIO(b.images[0].png))).astype(int)
-    return np.abs(x - y).max() <= 1
 
 
 def test_cached_hub_id_loads_offline_and_generate_cli(tiny_model, tmp_path):
