@@ -120,11 +120,12 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         except PolicyError as exc:
             await _refuse_after_defer(interaction, f"⚠️ {exc}")
             return
-        except Exception:
+        except Exception:  # answered here, not by cog_app_command_error: that would follow up a second time
+            log.exception("/imagine failed before queueing in guild %s", interaction.guild_id)
             await _refuse_after_defer(
                 interaction, "❌ Sorry, something went wrong on my side; please try again."
             )
-            raise
+            return
         await self.bot.courier.start(interaction, prepared, deferred=deferred)
 
     @imagine.autocomplete("model")
