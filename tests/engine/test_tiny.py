@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
@@ -35,11 +34,15 @@ def test_tiny_model_is_seeded(tiny_model, tmp_path):
     assert a == b
 
 
-def test_tiny_model_is_fast_at_512(runner):
+def test_tiny_model_is_small_at_512(runner):
+    # What keeps the suite fast on any CPU is how much work the tiny model is, counted in FLOPs rather than
+    # timed (a clock measures the CI machine). Measured: 46 GFLOP for this call (UNet 0.66 per image and
+    # step, twice for guidance; the VAE decoder 5 per image); SD 1.5 is hundreds of times that.
+    from torch.utils.flop_counter import FlopCounterMode
+
     pipe = runner.pipe
     gens = [torch.Generator().manual_seed(i) for i in range(4)]
-    t0 = time.perf_counter()
-    out = pipe(["a cat"] * 4, num_inference_steps=4, generator=gens, height=512, width=512)
-    elapsed = time.perf_counter() - t0
+    with FlopCounterMode(display=False) as flops:
+        out = pipe(["a cat"] * 4, num_inference_steps=4, generator=gens, height=512, width=512)
     assert out.images[0].size == (512, 512)
-    assert elapsed < 20  # ~2 s on 2 cores; generous for loaded CI machines
+    assert flops.get_total_flops() < 100e9
