@@ -1,7 +1,10 @@
-"""The fair queue: priority tiers, and round-robin across users inside a tier.
+"""The fair queue: guilds take turns, then users inside a guild, with priority deciding only inside a guild.
 
-One user's ten jobs do not starve the others: each pass takes one job per user in turn. Jobs of a user
-keep their own order. Pure data structure, no I/O.
+Each pass serves the next guild in line (direct messages together count as one more guild), and inside
+that guild its highest priority tier, and inside the tier the next user in line. So one guild's admin who
+gives a role priority 10 moves that role ahead of the rest of that guild, never ahead of another guild's
+turn; and one user's ten jobs do not starve the others. Jobs of a user keep their own order. Pure data
+structure, no I/O.
 """
 
 from __future__ import annotations
@@ -16,12 +19,43 @@ class QueuedJob:
     user_id: int
     priority: int = 0
     images: int = 1
+    guild_id: int | None = None  # None: a direct message
+
+
+# user -> that user's jobs; the OrderedDict order is the round-robin turn order.
+_Users = OrderedDict[int, deque[QueuedJob]]
+# guild -> priority -> users; the outer OrderedDict order is the guilds' turn order.
+_Guilds = OrderedDict[int | None, dict[int, _Users]]
+
+
+def _head(guilds: _Guilds) -> QueuedJob | None:
+    for tiers in guilds.values():  # the first guild in line; empty guilds and tiers are never kept
+        users = tiers[max(tiers)]
+        return next(iter(users.values()))[0]
+    return None
+
+
+def _detach(guilds: _Guilds, job: QueuedJob, *, turn_taken: bool) -> None:
+    """Take ``job`` out; when ``turn_taken`` its guild and its user go to the back of their lines."""
+    tiers = guilds[job.guild_id]
+    users = tiers[job.priority]
+    jobs = users[job.user_id]
+    jobs.remove(job)  # the head, when the job is dispatched: O(1)
+    if turn_taken or not jobs:
+        del users[job.user_id]
+        if jobs:
+            users[job.user_id] = jobs
+    if not users:
+        del tiers[job.priority]
+    if turn_taken or not tiers:
+        del guilds[job.guild_id]
+        if tiers:
+            guilds[job.guild_id] = tiers
 
 
 class FairQueue:
     def __init__(self) -> None:
-        # priority -> user -> that user's jobs; the OrderedDict order is the round-robin turn order.
-        self._tiers: dict[int, OrderedDict[int, deque[QueuedJob]]] = {}
+        self._guilds: _Guilds = OrderedDict()
         self._index: dict[str, QueuedJob] = {}
 
     def __len__(self) -> int:
@@ -33,51 +67,54 @@ class FairQueue:
     def push(self, job: QueuedJob) -> None:
         if job.job_id in self._index:
             return  # idempotent: a job recovered twice is queued once
-        tier = self._tiers.setdefault(job.priority, OrderedDict())
-        tier.setdefault(job.user_id, deque()).append(job)
+        tiers = self._guilds.setdefault(job.guild_id, {})
+        tiers.setdefault(job.priority, OrderedDict()).setdefault(job.user_id, deque()).append(job)
         self._index[job.job_id] = job
 
+    def peek(self) -> QueuedJob | None:
+        """The job :meth:`pop` would hand out, left in the queue."""
+        return _head(self._guilds)
+
+    def take(self, job_id: str) -> QueuedJob | None:
+        """Hand out ``job_id`` (normally :meth:`peek`'s): its guild and user go to the back of the line.
+
+        The manager peeks, records the start in the database, and only then takes: a database error in
+        between leaves the job where it was."""
+        job = self._index.pop(job_id, None)
+        if job is not None:
+            _detach(self._guilds, job, turn_taken=True)
+        return job
+
     def pop(self) -> QueuedJob | None:
-        for priority in sorted(self._tiers, reverse=True):
-            tier = self._tiers[priority]
-            if not tier:
-                continue
-            user_id, jobs = next(iter(tier.items()))
-            job = jobs.popleft()
-            del tier[user_id]
-            if jobs:
-                tier[user_id] = jobs  # back of the line for this user's next job
-            if not tier:
-                del self._tiers[priority]
-            del self._index[job.job_id]
-            return job
-        return None
+        job = self.peek()
+        return None if job is None else self.take(job.job_id)
 
     def remove(self, job_id: str) -> QueuedJob | None:
+        """Drop a job (cancelled, finished elsewhere) without moving anyone's turn."""
         job = self._index.pop(job_id, None)
-        if job is None:
-            return None
-        tier = self._tiers[job.priority]
-        jobs = tier[job.user_id]
-        jobs.remove(job)
-        if not jobs:
-            del tier[job.user_id]
-        if not tier:
-            del self._tiers[job.priority]
+        if job is not None:
+            _detach(self._guilds, job, turn_taken=False)
         return job
 
     def order(self) -> list[QueuedJob]:
         """Every queued job in the order :meth:`pop` would hand them out."""
+        guilds: _Guilds = OrderedDict(
+            (
+                guild,
+                {p: OrderedDict((u, deque(jobs)) for u, jobs in users.items()) for p, users in tiers.items()},
+            )
+            for guild, tiers in self._guilds.items()
+        )
         out: list[QueuedJob] = []
-        for priority in sorted(self._tiers, reverse=True):
-            lanes = [list(jobs) for jobs in self._tiers[priority].values()]
-            depth = max((len(lane) for lane in lanes), default=0)
-            for i in range(depth):
-                out.extend(lane[i] for lane in lanes if i < len(lane))
+        while (job := _head(guilds)) is not None:
+            out.append(job)
+            _detach(guilds, job, turn_taken=True)
         return out
 
     def position(self, job_id: str) -> int | None:
         """1-based place in line, or None when the job is not queued."""
+        if job_id not in self._index:
+            return None
         for i, job in enumerate(self.order(), start=1):
             if job.job_id == job_id:
                 return i

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from bot.db.jobs import JobStore, SavedImage
+from sqlalchemy.exc import OperationalError
+
+from bot.db.jobs import JobStore
 from bot.db.models import Job, JobState
 from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
+from bot.jobs.files import OutputFiles, write_failure
 from bot.transport.base import Transport
 from engine import protocol
 from engine.protocol import JobKind
@@ -29,6 +32,12 @@ log = logging.getLogger(__name__)
 Listener = Callable[[ManagerEvent], Awaitable[None]]
 
 MAX_ATTEMPTS = 2  # a job whose worker dies twice fails with a reason instead of looping
+# A database that refuses a write (locked past its busy timeout by a backup tool, its disk full) is waited
+# out: the same write is tried again after 0.1 s, doubling up to 10 s, for as long as it takes.
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.1, 10.0
+UNRECORDABLE = "the bot could not record its result; an admin has been told in the log"
+
+T = TypeVar("T")
 
 
 def new_job_id() -> str:
@@ -72,6 +81,7 @@ class JobManager:
         self.store = store
         self.transport = transport
         self.output_dir = output_dir
+        self.files = OutputFiles(output_dir)
         self.preview_every = preview_every
         self.queue = FairQueue()
         self.speed = SpeedMeter()
@@ -80,6 +90,9 @@ class JobManager:
         self._listeners: list[Listener] = []
         self._pump: asyncio.Task[None] | None = None
         self._dispatch_lock = asyncio.Lock()
+        self._dispatch_retry: asyncio.Task[None] | None = None  # a dispatch waiting out a database error
+        self._dispatch_delay = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -106,10 +119,12 @@ class JobManager:
     async def close(self) -> None:
         self._closed = True
         await self.transport.close()
-        if self._pump is not None:
-            self._pump.cancel()
+        tasks = [t for t in (self._pump, self._dispatch_retry, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+                await task
 
     # -------------------------------------------------------------------------------------- intake
 
@@ -122,8 +137,13 @@ class JobManager:
         job.state = JobState.QUEUED
         job.attempts = 0
         if init_image is not None:
-            job.init_image_path = str(await asyncio.to_thread(self._save_input, job.id, init_image))
-        await self.store.create(job, guild_name=guild_name, user_name=user_name)
+            job.init_image_path = str(await asyncio.to_thread(self.files.save_input, job.id, init_image))
+        try:
+            await self.store.create(job, guild_name=guild_name, user_name=user_name)
+        except BaseException:
+            if job.init_image_path:
+                await asyncio.to_thread(self.files.discard_input, job.init_image_path)
+            raise
         self._enqueue(job)
         position = self.queue.position(job.id) or 0
         ticket = Ticket(job, position, self.estimate_wait(job.id))
@@ -132,7 +152,7 @@ class JobManager:
 
     def _enqueue(self, job: Job) -> None:
         self._jobs[job.id] = job
-        self.queue.push(QueuedJob(job.id, job.user_id, job.priority, job.count))
+        self.queue.push(QueuedJob(job.id, job.user_id, job.priority, job.count, job.guild_id))
 
     def estimate_wait(self, job_id: str) -> float | None:
         """Seconds until ``job_id`` finishes: the work ahead of it, its own, and what is running."""
@@ -160,8 +180,10 @@ class JobManager:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it already finished."""
-        if self.queue.remove(job_id) is not None:
+        if job_id in self.queue:
+            # The row first: if the database refuses, the job stays queued in memory as in the database.
             if await self.store.transition(job_id, [JobState.QUEUED], JobState.CANCELLED, error="cancelled"):
+                self.queue.remove(job_id)
                 await self._finished(job_id)
             return True
         if job_id in self._running:
@@ -175,24 +197,75 @@ class JobManager:
     # ------------------------------------------------------------------------------------ dispatch
 
     async def _dispatch(self) -> None:
+        """Start queued jobs while the workers have room. Never raises for a database error: the job
+        stays first in line, and a later pass (after a backoff) tries again."""
         async with self._dispatch_lock:
-            while not self._closed and len(self.queue) and self.transport.free_slots() > 0:
-                queued = self.queue.pop()
-                assert queued is not None
-                job = self._jobs[queued.job_id]
-                attempt = await self.store.start_attempt(job.id)
-                if attempt is None:  # cancelled or finished meanwhile
-                    self._jobs.pop(job.id, None)
-                    continue
-                job.state, job.attempts = JobState.RUNNING, attempt
-                self._running.add(job.id)
-                try:
-                    request = await asyncio.to_thread(self._request_for, job)
-                except OSError as exc:
-                    await self._fail(job.id, f"its input image could not be read ({exc.strerror})")
-                    continue
-                await self.transport.submit(request)
-                await self._emit(JobDispatched(job))
+            try:
+                await self._dispatch_ready()
+            except OperationalError as exc:
+                self._dispatch_later(exc)
+            else:
+                self._dispatch_delay = 0.0
+
+    async def _dispatch_ready(self) -> None:
+        # Peek, write, then take: a job leaves the queue only once its row says it is running.
+        while (
+            not self._closed and (queued := self.queue.peek()) is not None and self.transport.free_slots() > 0
+        ):
+            job = self._jobs[queued.job_id]
+            try:
+                request = await asyncio.to_thread(self._request_for, job)
+            except OSError as exc:
+                self.queue.take(job.id)
+                reason = f"its input image could not be read ({exc.strerror})"
+                self._spawn(self._fail(job.id, reason), f"fail-{job.id}")  # waits out the database itself
+                continue
+            attempt = await self.store.start_attempt(job.id)
+            self.queue.take(job.id)
+            if attempt is None:  # cancelled or finished meanwhile
+                self._jobs.pop(job.id, None)
+                continue
+            job.state, job.attempts = JobState.RUNNING, attempt
+            self._running.add(job.id)
+            await self.transport.submit(request)
+            await self._emit(JobDispatched(job))
+
+    def _dispatch_later(self, exc: OperationalError) -> None:
+        self._dispatch_delay = min(RETRY_MAX_SECONDS, self._dispatch_delay * 2 or RETRY_FIRST_SECONDS)
+        log.warning(
+            "could not start the next job: the database refused a write (%s); trying again in %.1f s",
+            exc.orig,
+            self._dispatch_delay,
+        )
+        retry = self._dispatch_retry
+        if retry is None or retry.done() or retry is asyncio.current_task():
+            self._dispatch_retry = asyncio.create_task(
+                self._dispatch_after(self._dispatch_delay), name="job-dispatch-retry"
+            )
+
+    async def _dispatch_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._dispatch()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _db(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """``op()``, tried again with a backoff while the database refuses it (locked, disk full), where
+        giving up would lose a result or a failure. The event pump waits here, so the transport's result
+        is not acknowledged until it is recorded."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await op()
+            except OperationalError as exc:
+                if self._closed:
+                    raise
+                log.warning("%s: the database refused (%s); trying again in %.1f s", what, exc.orig, delay)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX_SECONDS, delay * 2)
 
     def _request_for(self, job: Job) -> protocol.GenerateRequest:
         init = Path(job.init_image_path).read_bytes() if job.init_image_path else None
@@ -219,6 +292,8 @@ class JobManager:
     # -------------------------------------------------------------------------------------- events
 
     async def _pump_events(self) -> None:
+        # The transport is asked for the next event only once this one is recorded (NATS acknowledges a
+        # result when asked for the next): database errors are waited out inside the handlers.
         async for event in self.transport.events():
             if self._closed:
                 return
@@ -226,7 +301,15 @@ class JobManager:
                 await self._on_engine_event(event)
             except Exception:
                 log.exception("handling engine event %s failed", type(event).__name__)
-            await self._dispatch()
+                if isinstance(event, protocol.JobDone | protocol.JobFailed):
+                    try:
+                        await self._fail(event.job_id, UNRECORDABLE)  # not left running forever
+                    except Exception:
+                        log.exception("recording that job %s failed did not work either", event.job_id)
+            try:
+                await self._dispatch()
+            except Exception:  # the pump must outlive anything one dispatch meets
+                log.exception("dispatching after %s failed", type(event).__name__)
 
     async def _on_engine_event(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.JobProgress):
@@ -237,20 +320,40 @@ class JobManager:
         elif isinstance(event, protocol.JobFailed):
             await self._failed(event)
         elif isinstance(event, protocol.JobCancelled):
-            if await self.store.transition(
-                event.job_id, [JobState.RUNNING, JobState.QUEUED], JobState.CANCELLED, error="cancelled"
+            if await self._db(
+                f"recording that job {event.job_id} was cancelled",
+                lambda: self.store.transition(
+                    event.job_id, [JobState.RUNNING, JobState.QUEUED], JobState.CANCELLED, error="cancelled"
+                ),
             ):
                 await self._finished(event.job_id)
 
     async def _done(self, event: protocol.JobDone) -> None:
-        job = self._jobs.get(event.job_id) or await self.store.get(event.job_id)
+        job = self._jobs.get(event.job_id) or await self._db(
+            f"reading job {event.job_id}", lambda: self.store.get(event.job_id)
+        )
         if job is None:
             log.warning("result for unknown job %s dropped", event.job_id)
             return
+        if job.id not in self._jobs and job.state.finished:
+            # A result delivered again (NATS after a restart): its files are already saved, or the job
+            # already failed; writing them again could only hurt.
+            log.info("job %s finished twice; the second result is ignored", job.id)
+            return
         # Files first, then the row: a crash between the two leaves the job running, so it is re-run
         # rather than recorded with missing files.
-        saved = await asyncio.to_thread(self._save_images, job, event.images)
-        if await self.store.finish(job.id, saved, event.engine_seconds, event.model):
+        try:
+            saved = await asyncio.to_thread(
+                self.files.save_images, job.id, (job.width, job.height), event.images
+            )
+        except OSError as exc:
+            log.error("could not save the pictures of job %s under %s: %s", job.id, self.output_dir, exc)
+            await self._fail(job.id, write_failure(exc))
+            return
+        if await self._db(
+            f"recording the result of job {job.id}",
+            lambda: self.store.finish(job.id, saved, event.engine_seconds, event.model),
+        ):
             self.speed.record(job, event.engine_seconds)
             await self._finished(job.id)
         else:
@@ -260,7 +363,10 @@ class JobManager:
     async def _failed(self, event: protocol.JobFailed) -> None:
         job = self._jobs.get(event.job_id)
         if event.retryable and job is not None and job.attempts < MAX_ATTEMPTS:
-            if await self.store.transition(job.id, [JobState.RUNNING], JobState.QUEUED):
+            if await self._db(
+                f"re-queueing job {job.id}",
+                lambda: self.store.transition(job.id, [JobState.RUNNING], JobState.QUEUED),
+            ):
                 log.warning("job %s lost its worker (%s); running it again", job.id, event.reason)
                 self._running.discard(job.id)
                 job.state = JobState.QUEUED
@@ -272,14 +378,19 @@ class JobManager:
         await self._fail(event.job_id, reason)
 
     async def _fail(self, job_id: str, reason: str) -> None:
-        if await self.store.transition(
-            job_id, [JobState.RUNNING, JobState.QUEUED], JobState.FAILED, error=reason[:2000]
+        if await self._db(
+            f"recording that job {job_id} failed",
+            lambda: self.store.transition(
+                job_id, [JobState.RUNNING, JobState.QUEUED], JobState.FAILED, error=reason[:2000]
+            ),
         ):
             await self._finished(job_id)
+        else:
+            self._forget(job_id)  # finished meanwhile (cancelled, done): nothing of it stays here
 
     async def _finished(self, job_id: str) -> None:
         self._forget(job_id)
-        job = await self.store.get(job_id)
+        job = await self._db(f"reading job {job_id}", lambda: self.store.get(job_id))
         if job is not None:
             await self._emit(JobFinished(job))
 
@@ -297,37 +408,3 @@ class JobManager:
 
     async def announce_queued(self, ticket: Ticket) -> None:
         await self._emit(JobQueued(ticket.job, ticket.position, ticket.eta_seconds))
-
-    # --------------------------------------------------------------------------------------- files
-
-    def _day_dir(self) -> Path:
-        day = dt.datetime.now(dt.UTC)
-        path = self.output_dir / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def _save_images(self, job: Job, images: list[protocol.ImageResult]) -> list[SavedImage]:
-        folder = self._day_dir()
-        saved: list[SavedImage] = []
-        for image in images:
-            path = folder / f"{job.id}_{image.index}.png"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(image.png)
-            tmp.replace(path)  # atomic: a reader never sees half a file
-            width, height = _png_size(image.png) or (job.width, job.height)
-            saved.append(SavedImage(image.index, image.seed, str(path), width, height, image.nsfw))
-        return saved
-
-    def _save_input(self, job_id: str, data: bytes) -> Path:
-        folder = self.output_dir / "inputs"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{job_id}.img"
-        path.write_bytes(data)
-        return path
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    # The IHDR chunk sits at a fixed offset in every PNG: no need to decode the image to size it.
-    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return None

@@ -23,10 +23,10 @@ async def world(tmp_path):
     await db.close()
 
 
-def job(user_id: int, priority: int = 0) -> Job:
+def job(user_id: int, priority: int = 0, guild_id: int | None = 1) -> Job:
     return Job(
         id=uuid.uuid4().hex,
-        guild_id=1,
+        guild_id=guild_id,
         channel_id=2,
         user_id=user_id,
         prompt=f"from {user_id}",
