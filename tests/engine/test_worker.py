@@ -124,8 +124,8 @@ def test_worker_serves_jobs_and_survives_bad_requests(worker):
 
 def test_worker_cancel_running_and_queued(worker):
     assert isinstance(worker.next(), WorkerReady)
-    worker.send(Submit(request("long", steps=300)))
-    worker.send(Submit(request("queued", steps=300, width=128)))  # other size: not in the same batch
+    worker.send(Submit(request("long", steps=150)))  # engine/bounds.py's most
+    worker.send(Submit(request("queued", steps=150, width=128)))  # other size: not in the same batch
     worker.until(lambda e: isinstance(e, JobProgress) and e.job_id == "long")
     worker.send(Cancel("queued"))
     worker.send(Cancel("long"))
@@ -135,7 +135,7 @@ def test_worker_cancel_running_and_queued(worker):
         seen[e.job_id] = e
     assert all(isinstance(e, JobCancelled) for e in seen.values())
     progress = [e.step for e in worker.events if isinstance(e, JobProgress) and e.job_id == "long"]
-    assert max(progress) < 20  # stopped within a step or so, not after 300
+    assert max(progress) < 20  # stopped within a step or so, not after 150
     worker.send(Cancel("nobody"))  # unknown ids are ignored
     worker.send(Submit(request("after")))
     done = worker.until(lambda e: isinstance(e, JobDone | JobFailed))
