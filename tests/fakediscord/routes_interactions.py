@@ -174,9 +174,15 @@ class InteractionRoutes:
         payload, uploads = await read_body(request)
         channel, perms = self._response_channel(inter)
         original = inter.original
-        if original is not None and original.loading and inter.callbacks[0]["type"] == 5:
+        if (
+            original is not None
+            and original.loading
+            and not original.deleted
+            and inter.callbacks[0]["type"] == 5
+        ):
             # After a "thinking" defer the first followup fills in the deferred message (Discord keeps the
-            # defer's ephemerality), so it is both the original and the first followup.
+            # defer's ephemerality), so it is both the original and the first followup. Once the bot deleted
+            # that message, a followup is a new message with its own flags (a private refusal after a defer).
             edit = {k: v for k, v in payload.items() if k != "flags"}
             self.edit_message(original, edit, uploads, perms=perms)
             msg = original
