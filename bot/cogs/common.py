@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ADMIN_PERMISSIONS = discord.Permissions(manage_guild=True)
-MAX_MESSAGE = 1900  # Discord allows 2000 characters; leave room for a "…and N more" line
+MAX_CONTENT = 2000  # Discord refuses a message whose content is longer
+MAX_MESSAGE = 1900  # leave room for a "…and N more" line
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
@@ -60,15 +62,64 @@ def admin_only() -> Callable[[T], T]:
 
 async def reply(interaction: discord.Interaction, content: str, *, ephemeral: bool = True) -> None:
     """Answer the interaction, or follow up when it was already answered (a deferred command)."""
-    content = clip(content)
+    fields = within_limits({"content": content, "ephemeral": ephemeral, "allowed_mentions": NO_MENTIONS})
     if interaction.response.is_done():
-        await interaction.followup.send(content, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(**fields)
     else:
-        await interaction.response.send_message(content, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+        await interaction.response.send_message(**fields)
+
+
+# ------------------------------------------------------------------------------------------ the sender
+# Every message this bot writes goes through send/edit/reply, so Discord's limits are applied in one place:
+# a text over them is clipped here instead of being refused by Discord (and retried forever).
+
+
+def within_limits(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of a message with its text clipped to Discord's limits (the bot sends no embeds)."""
+    content = fields.get("content")
+    if isinstance(content, str) and len(content) > MAX_CONTENT:
+        return {**fields, "content": clip(content, MAX_CONTENT)}
+    return fields
+
+
+async def send(channel: discord.abc.Messageable, **fields: Any) -> discord.Message:
+    """Post a message in ``channel`` (a guild channel, a thread or a DM)."""
+    return await channel.send(**within_limits(fields))
+
+
+async def edit(
+    target: discord.Message | discord.PartialMessage | discord.Interaction, **fields: Any
+) -> discord.Message:
+    """Edit a message of the bot's: an interaction's reply (through its token) or a channel message."""
+    if isinstance(target, discord.Interaction):
+        return await target.edit_original_response(**within_limits(fields))
+    return await target.edit(**within_limits(fields))
 
 
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# An absolute path: POSIX (two or more parts, not inside a URL or a word) or Windows (C:\...).
+_POSIX_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`,;:()<>\[\]]+){2,}")
+_WINDOWS_PATH = re.compile(r"\b[A-Za-z]:\\(?:[^\s\\'\"`,;:()<>]+\\)*([^\s\\'\"`,;:()<>]*)")
+_TRACEBACK_LINE = re.compile(r'^\s*(File ".*", line \d+.*|Traceback \(most recent call last\):)$')
+
+
+def public_error(text: str | None, limit: int = 400) -> str:
+    """An error (from the engine, a worker, saving a file) made fit for members: no traceback, no absolute
+    path (a file keeps only its name), one line, no pings or markdown surprises, bounded."""
+    if not text:
+        return "unknown error"
+    lines = text.splitlines()
+    if any(_TRACEBACK_LINE.match(line) for line in lines):
+        # A traceback's last unindented line is the exception itself; the frames above are for the log.
+        lines = [line for line in lines if line.strip() and not line.startswith((" ", "\t"))]
+        lines = [line for line in lines if not _TRACEBACK_LINE.match(line)][-1:]
+    flat = " ".join(lines)
+    flat = _POSIX_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1] or "…", flat)
+    flat = _WINDOWS_PATH.sub(lambda m: m.group(1) or "…", flat)
+    return safe(flat, limit) or "unknown error"
 
 
 def lines_within(lines: list[str], limit: int = MAX_MESSAGE) -> str:

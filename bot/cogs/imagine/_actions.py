@@ -5,7 +5,6 @@ given, so a click works the same before and after a restart."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.cogs.common import reply, send
 from bot.cogs.imagine import _texts as texts
 from bot.cogs.imagine._submit import Origin, Prepared, prepare
 from bot.db.models import Job, JobState
@@ -51,7 +51,7 @@ async def on_button(
 ) -> None:
     job = await bot.store.get(job_id)
     if job is None:
-        await interaction.response.send_message("I can't find that job any more.", ephemeral=True)
+        await reply(interaction, "I can't find that job any more.")
         return
     await HANDLERS[action](bot, interaction, job, index)
 
@@ -88,34 +88,30 @@ async def _info(bot: ImagineBot, interaction: discord.Interaction, job: Job, ind
         body = "\n\n".join(f"#{i + 1}\n{t}" for i, t in texts_by_index if t)
         if len(body) > 1900:
             body = body[:1890] + "…"
-    await interaction.response.send_message(f"```\n{body}\n```", ephemeral=True)
+    await reply(interaction, f"```\n{body}\n```")
 
 
 async def _delete(bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None) -> None:
     if not _may_manage(bot, interaction, job):
-        await interaction.response.send_message(
-            "Only the author or an admin can delete this.", ephemeral=True
-        )
+        await reply(interaction, "Only the author or an admin can delete this.")
         return
     await interaction.response.defer(ephemeral=True, thinking=True)
     try:
         if interaction.message is not None:
             await interaction.message.delete()
-        await interaction.followup.send("Deleted.", ephemeral=True)
+        await reply(interaction, "Deleted.")
     except discord.HTTPException as exc:
-        await interaction.followup.send(f"I couldn't delete it ({exc.text or exc.status}).", ephemeral=True)
+        await reply(interaction, f"I couldn't delete it ({exc.text or exc.status}).")
 
 
 async def _cancel(bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None) -> None:
     if not _may_manage(bot, interaction, job):
-        await interaction.response.send_message(
-            "Only the author or an admin can cancel this.", ephemeral=True
-        )
+        await reply(interaction, "Only the author or an admin can cancel this.")
         return
     if job.state.finished:
-        await interaction.response.send_message(f"That job is already {job.state.value}.", ephemeral=True)
+        await reply(interaction, f"That job is already {job.state.value}.")
         return
-    await interaction.response.send_message("Cancelling…", ephemeral=True)
+    await reply(interaction, "Cancelling…")
     await bot.jobs.cancel(job.id)
 
 
@@ -126,7 +122,7 @@ def _follow_up(action: Action) -> Handler:
         try:
             prepared = await derive(bot, Origin.of(interaction), job, action, index)
         except PolicyError as exc:
-            await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True)
+            await reply(interaction, f"⚠️ {exc}")
             return
         await bot.courier.start(interaction, prepared)
 
@@ -186,6 +182,8 @@ async def reroll_from_reaction(bot: ImagineBot, payload: discord.RawReactionActi
     """Reacting 🔄 to a result reruns it with a new seed for whoever reacted, on their quota."""
     if str(payload.emoji) != REROLL_EMOJI or bot.user is None or payload.user_id == bot.user.id:
         return
+    if payload.guild_id is None:
+        return  # pictures are made in servers only (README: Direct messages)
     job = await bot.store.by_message(payload.message_id)
     if job is None or job.state is not JobState.DONE:
         return
@@ -207,18 +205,14 @@ async def reroll_from_reaction(bot: ImagineBot, payload: discord.RawReactionActi
     try:
         prepared = await derive(bot, origin, job, Action.REROLL, None)
     except PolicyError as exc:
-        # No interaction, so no ephemeral answer: a short reply that cleans itself up.
-        with contextlib.suppress(discord.HTTPException):
-            await channel.send(
-                f"<@{payload.user_id}> ⚠️ {exc}",
-                reference=reference,
-                allowed_mentions=mention,
-                delete_after=20,
-            )
+        # No interaction, so no ephemeral answer; the reason (a ban's, a quota's) is the member's own
+        # business, so it goes by DM, at most once per cooldown however often the reaction is toggled.
+        await bot.courier.tell_privately(payload.user_id, f"⚠️ {exc}")
         return
     try:
-        status = await channel.send(
-            f"{texts.headline(prepared.job)}\n{REROLL_EMOJI} Rerolling…",
+        status = await send(
+            channel,
+            content=f"{texts.headline(prepared.job)}\n{REROLL_EMOJI} Rerolling…",
             reference=reference,
             allowed_mentions=mention,
         )

@@ -50,6 +50,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
 
     # ------------------------------------------------------------------------------------ commands
 
+    @app_commands.guild_only()  # README: Direct messages
     @app_commands.command(name="imagine", description="Make pictures from a text prompt")
     @app_commands.describe(
         prompt="What to draw. Inline flags work too: --ar 16:9 --seed 42 --no text --steps 30",

@@ -3,22 +3,28 @@
 The :class:`Courier` owns the live replies (the message each running job is shown in), turns the
 JobManager's events into edits of them, and posts each finished job exactly once. While the interaction
 token is young the bot edits its own reply; after that (tokens die at 15 minutes, and after a restart
-there is no token at all) it posts a channel message replying to the author. A job is marked delivered
-only once Discord accepted the message; undelivered ones are swept again every minute and on start.
+there is no token at all) it posts a channel message replying to the author, and turns the stale status
+message into a pointer to it. A job is marked delivered only once Discord accepted the message; undelivered
+ones are tried again on start and by a sweep every minute, each job on its own, backing off, and given up
+(its author told by DM) once Discord refused for good or the tries ran out (_redelivery.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.cogs.common import NO_MENTIONS, edit, public_error, safe, send
+from bot.cogs.imagine import _redelivery as redelivery
 from bot.cogs.imagine import _texts as texts
 from bot.cogs.imagine._actions import REROLL_EMOJI as REROLL
 from bot.cogs.imagine._replies import (
@@ -30,7 +36,7 @@ from bot.cogs.imagine._replies import (
 )
 from bot.cogs.imagine._submit import Prepared, submit
 from bot.cogs.imagine._views import cancel_view, result_view
-from bot.db.models import Job, JobState
+from bot.db.models import Job, JobState, utcnow
 from bot.jobs.events import JobDispatched, JobFinished, JobProgress, JobQueued, ManagerEvent
 from bot.render import fit, grid, placeholder
 
@@ -39,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REDELIVERY_INTERVAL = 60.0
+NOTICE_COOLDOWN = 600.0  # seconds between two private notices to one member
 
 Files = Callable[[int], Awaitable[list[discord.File]]]
 
@@ -50,7 +56,24 @@ class Courier:
         self.live: dict[str, LiveReply] = {}
         self._delivering: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._noticed: dict[int, float] = {}  # member id -> when tell_privately last wrote to them
         bot.jobs.subscribe(self.on_job_event)
+
+    async def tell_privately(self, user_id: int, text: str, *, cooldown: bool = True) -> None:
+        """A DM for news that has no interaction to answer ephemerally. With ``cooldown`` (a refused 🔄
+        reaction) at most one per member per NOTICE_COOLDOWN, so toggling a reaction cannot make the bot
+        write on and on; without (a result given up on) every one, as each is about a different job."""
+        now = time.monotonic()
+        if cooldown and now - self._noticed.get(user_id, -NOTICE_COOLDOWN) < NOTICE_COOLDOWN:
+            return
+        if len(self._noticed) > 10_000:  # bounded: forget cooldowns that are over
+            self._noticed = {u: t for u, t in self._noticed.items() if now - t < NOTICE_COOLDOWN}
+        self._noticed[user_id] = now
+        try:
+            dm = await self.bot.create_dm(discord.Object(user_id))
+            await send(dm, content=text, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:  # DMs closed: nothing public instead
+            log.info("could not DM %s: %s", user_id, exc)
 
     def start_sweeping(self) -> None:
         self.spawn(self._redelivery_loop())
@@ -155,13 +178,18 @@ class Courier:
 
     # ------------------------------------------------------------------------------------ delivery
 
-    async def deliver(self, job: Job) -> None:
-        """Post a finished job's outcome once; record where it went so a restart does not repeat it."""
+    async def deliver(self, job: Job, *, now: dt.datetime | None = None) -> None:
+        """Post a finished job's outcome once; record where it went so a restart does not repeat it.
+        A failure is counted and backed off, and past its tries the job is given up and its author told
+        (:meth:`_failed`); it never reaches the caller, so one job cannot stop the others."""
         if job.id in self._delivering:
             return
         self._delivering.add(job.id)
         try:
-            await self._deliver(job)
+            try:
+                await self._deliver(job)
+            except Exception as exc:
+                await self._failed(job, exc, now or utcnow())
         finally:
             self._delivering.discard(job.id)
 
@@ -171,27 +199,32 @@ class Courier:
         view: discord.ui.View | None = None
         headline = texts.headline(job)
         if job.state is JobState.DONE:
-            # Pictures the safety checker flagged are never posted; a dark tile keeps U1–U4 in place.
-            pngs = await asyncio.to_thread(
-                lambda: [
-                    placeholder(i.width, i.height) if i.nsfw else Path(i.path).read_bytes()
-                    for i in job.images
-                ]
-            )
             content = f"{headline}\n{texts.describe(job)}"
+            try:
+                # Pictures the safety checker flagged are never posted; a dark tile keeps U1–U4 in place.
+                pngs = await asyncio.to_thread(
+                    lambda: [
+                        placeholder(i.width, i.height) if i.nsfw else Path(i.path).read_bytes()
+                        for i in job.images
+                    ]
+                )
+            except OSError as exc:  # pruned from OUTPUT_DIR before it was ever posted
+                log.warning("the pictures of job %s are gone: %s", job.id, exc)
+                pngs = []
+                content += "\n❌ Sorry, this result's pictures are no longer on the server."
             flagged = sum(1 for i in job.images if i.nsfw)
             if flagged:
                 content += (
                     f"\n🔞 {flagged} of {len(job.images)} pictures were held back by the safety checker "
                     "(this channel is not marked NSFW)."
                 )
-            if flagged < len(job.images):
+            if pngs and flagged < len(job.images):
                 picture = await asyncio.to_thread(grid, pngs)
                 view = result_view(job)
         elif job.state is JobState.CANCELLED:
             content = f"{headline}\n🚫 Cancelled."
         else:
-            content = f"{headline}\n❌ Sorry, that failed: {job.error or 'unknown error'}"
+            content = f"{headline}\n❌ Sorry, that failed: {public_error(job.error)}"
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
 
         async def files(limit: int) -> list[discord.File]:
@@ -222,10 +255,10 @@ class Courier:
         if message is None and reply is None:
             message = await find_posted(self.bot, job, content)  # a run killed before recording it
         if message is None:
-            message = await self._post_in_channel(job, content, files, view, mentions)
-        if message is None:
-            return  # stays undelivered in the database; the redelivery sweep or the next start retries
+            message = await self._post_in_channel(job, content, files, view, mentions)  # raises if refused
         await self.bot.jobs.mark_delivered(job.id, message.id)
+        if job.status_message_id and message.id != job.status_message_id:
+            await self._point_status_at(job, message)
         if job.state is JobState.DONE:
             try:
                 await message.add_reaction(REROLL)
@@ -239,38 +272,81 @@ class Courier:
         files: Files,
         view: discord.ui.View | None,
         mentions: discord.AllowedMentions,
-    ) -> discord.Message | None:
+    ) -> discord.Message:
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        reference = None
-        if job.status_message_id:
-            reference = discord.MessageReference(
-                message_id=job.status_message_id, channel_id=job.channel_id, fail_if_not_exists=False
-            )
         guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
         limit = guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
-        kwargs: dict[str, Any] = {}
+        fields: dict[str, Any] = {"content": content, "allowed_mentions": mentions}
         if view is not None:
-            kwargs["view"] = view
-        try:
-            return await channel.send(
-                content=content,
-                files=await files(limit),
-                allowed_mentions=mentions,
-                reference=reference,  # type: ignore[arg-type]  # discord.py types it as non-optional
-                **kwargs,
+            fields["view"] = view
+        if job.status_message_id:
+            fields["reference"] = discord.MessageReference(
+                message_id=job.status_message_id, channel_id=job.channel_id, fail_if_not_exists=False
             )
-        except discord.HTTPException as exc:
-            log.error("could not post job %s in channel %s: %s", job.id, job.channel_id, exc)
-            return None
+        try:
+            return await send(channel, files=await files(limit), **fields)
+        except discord.Forbidden:
+            if "reference" not in fields:
+                raise
+            # A reply needs Read Message History; the mention alone still tells the author.
+            del fields["reference"]
+            return await send(channel, files=await files(limit), **fields)
+
+    async def _point_status_at(self, job: Job, result: discord.Message) -> None:
+        """The job's status message (left at "Step 10/20" with a preview by a restart or a dead token)
+        becomes a pointer to the result, so the channel does not show two pictures for one job. Through
+        the channel route: the bot may edit its own messages there, interaction replies included."""
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        assert job.status_message_id is not None
+        try:
+            await edit(
+                channel.get_partial_message(job.status_message_id),
+                content=f"{texts.headline(job)}\n⬇️ Finished: {result.jump_url}",
+                attachments=[],
+                view=None,
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:  # deleted, or no longer visible to the bot: nothing to fix
+            log.info("could not point the status of job %s at its result: %s", job.id, exc)
+
+    async def _failed(self, job: Job, exc: Exception, now: dt.datetime) -> None:
+        """Count a failed delivery; back off, or give up and tell the author where it can."""
+        store = self.bot.store
+        retry_at = now + redelivery.backoff((job.delivery_attempts or 0) + 1)
+        attempts = await store.delivery_failed(job.id, retry_at)
+        allowed = redelivery.tries_allowed(exc)
+        if isinstance(exc, discord.HTTPException):
+            log.warning("delivering job %s failed (try %d of %d): %s", job.id, attempts, allowed, exc)
+        else:
+            log.error("delivering job %s failed (try %d of %d)", job.id, attempts, allowed, exc_info=exc)
+        if attempts < allowed:
+            return
+        why = redelivery.reason(exc)
+        await store.mark_undeliverable(job.id, why)
+        log.warning("job %s is undeliverable (%s); its author is told by DM", job.id, why)
+        note = (
+            f"I couldn't post the result of **{safe(job.prompt, 100)}** in <#{job.channel_id}>: {why}. "
+            f"The job is `{job.id}`; a server admin can look it up."
+        )
+        await self.tell_privately(job.user_id, note, cooldown=False)
+
+    async def sweep_once(self, now: dt.datetime | None = None) -> None:
+        """One redelivery pass: every undelivered job whose back-off is over, each on its own."""
+        now = now or utcnow()
+        for job in await self.bot.store.undelivered(due_by=now):
+            if job.id in self._delivering or job.id in self.live:
+                continue
+            try:
+                await self.deliver(job, now=now)
+            except Exception:  # recording the failure failed (the database): the next pass tries again
+                log.exception("redelivery of job %s failed", job.id)
 
     async def _redelivery_loop(self) -> None:
         """Results Discord refused (an outage, a missing permission) are tried again, not forgotten."""
         while True:
-            await asyncio.sleep(REDELIVERY_INTERVAL)
+            await asyncio.sleep(redelivery.SWEEP_INTERVAL)
             try:
-                for job in await self.bot.store.undelivered():
-                    if job.id not in self._delivering and job.id not in self.live:
-                        await self.deliver(job)
+                await self.sweep_once()
             except Exception:
                 log.exception("redelivery sweep failed")
 

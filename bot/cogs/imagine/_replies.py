@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import discord
 
+from bot.cogs.common import edit
 from engine import bounds
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,9 @@ class LiveReply:
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def edit(self, **fields: object) -> discord.Message:
-        if self.interaction is not None:
-            return await self.interaction.edit_original_response(**fields)  # type: ignore[arg-type]
-        assert self.message is not None
-        return await self.message.edit(**fields)  # type: ignore[arg-type]
+        target = self.interaction if self.interaction is not None else self.message
+        assert target is not None
+        return await edit(target, **fields)
 
 
 def is_dead_token(exc: discord.HTTPException) -> bool:

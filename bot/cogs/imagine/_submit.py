@@ -13,11 +13,13 @@ import discord
 
 from bot.db.models import Job
 from bot.jobs.manager import Ticket
-from bot.jobs.policy import Defaults, Params
+from bot.jobs.policy import Defaults, Params, PolicyError
 from engine.protocol import JobKind
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
+
+GUILD_ONLY = "I only make pictures in a server, where its limits and moderation apply; not in DMs."
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,9 @@ async def prepare(
     parent_index: int | None = None,
 ) -> Prepared:
     """Validate ``params`` for ``origin``; raise PolicyError (a friendly message) on any refusal."""
+    if origin.guild_id is None:
+        # Bans, blocked terms and quotas are a server's: in a DM none would apply (README: Direct messages).
+        raise PolicyError(GUILD_ONLY)
     # Limits, bans, blocked terms and quotas (bot/jobs/admission.py); raises PolicyError, writes nothing.
     admitted = await bot.admission.admit(origin, params, defaults_of(bot), kind=kind, size=size)
     resolved, width, height = admitted.resolved, admitted.width, admitted.height
