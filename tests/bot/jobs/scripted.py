@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from PIL import Image
 
-from engine.protocol import Event, GenerateRequest, ImageResult, JobCancelled, JobDone
+from engine.protocol import Event, GenerateRequest, ImageResult, JobCancelled, JobDone, JobFailed
 
 _CLOSED = object()
 
@@ -27,6 +27,8 @@ class ScriptedTransport:
         self.auto_finish = auto_finish
         self.nsfw = nsfw or set()  # image indexes the "safety checker" flags when a job asks for checking
         self.submitted: list[GenerateRequest] = []
+        # Results the manager asked past, in order: NatsTransport acknowledges a result at that moment.
+        self.acked: list[str] = []
         self.inflight: dict[str, GenerateRequest] = {}
         self._events: asyncio.Queue[object] = asyncio.Queue()
 
@@ -57,6 +59,10 @@ class ScriptedTransport:
         ]
         self._events.put_nowait(JobDone(job_id, images, seconds, "scripted"))
 
+    def emit(self, event: Event) -> None:
+        """Deliver ``event`` as a worker would (a progress step, say)."""
+        self._events.put_nowait(event)
+
     def open(self, slots: int) -> None:
         """Let the manager dispatch up to ``slots`` jobs at once (it notices on its next event)."""
         self.slots = slots
@@ -67,6 +73,8 @@ class ScriptedTransport:
             if item is _CLOSED:
                 return
             yield item  # type: ignore[misc]
+            if isinstance(item, JobDone | JobFailed | JobCancelled):
+                self.acked.append(item.job_id)
 
     async def close(self) -> None:
         self._events.put_nowait(_CLOSED)

@@ -1,0 +1,209 @@
+"""Faults under the real JobManager and the real SQLite database (its migrations, its busy timeout):
+a database locked by another process past the busy timeout, and a disk that is full. No job is lost,
+none is stuck, and the manager goes on serving the others."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.db import Database, Job, JobState
+from bot.db.jobs import JobStore
+from bot.jobs.events import JobFinished, ManagerEvent
+from bot.jobs.manager import JobManager
+from engine.protocol import JobProgress
+from tests.bot.jobs.scripted import ScriptedTransport
+from tests.bot.jobs.test_fair_dispatch import job
+
+WAIT = 60  # seconds; a locked write takes the busy timeout (5 s) to fail, and a retry may follow
+
+
+class ManagerLog(logging.Handler):
+    """The manager's warnings, with a way to wait for one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self._changed.set()
+
+    async def wait_for(self, text: str) -> str:
+        async with asyncio.timeout(WAIT):
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@dataclass
+class World:
+    manager: JobManager
+    transport: ScriptedTransport
+    db_path: Path
+    images: Path
+    log: ManagerLog
+    finished: dict[str, Job]
+    _news: asyncio.Event
+
+    async def until(self, what: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not what():
+                self._news.clear()
+                await self._news.wait()
+
+    async def finished_job(self, job_id: str) -> Job:
+        await self.until(lambda: job_id in self.finished)
+        return self.finished[job_id]
+
+    async def dispatched(self, job_id: str) -> None:
+        await self.until(lambda: job_id in self.transport.inflight)
+
+
+@contextlib.asynccontextmanager
+async def world(tmp_path: Path, slots: int) -> AsyncIterator[World]:
+    db_path = tmp_path / "bot.db"
+    db = Database(f"sqlite+aiosqlite:///{db_path}")
+    await db.migrate()
+    transport = ScriptedTransport(slots=slots)
+    manager = JobManager(JobStore(db.sessions), transport, tmp_path / "images")
+    news = asyncio.Event()
+    finished: dict[str, Job] = {}
+
+    async def listener(event: ManagerEvent) -> None:
+        if isinstance(event, JobFinished):
+            finished[event.job.id] = event.job
+        news.set()
+
+    manager.subscribe(listener)
+    # A job reaching the engine is news too: wrap the transport's submit to say so.
+    submit = transport.submit
+
+    async def submit_and_tell(request):  # type: ignore[no-untyped-def]
+        await submit(request)
+        news.set()
+
+    transport.submit = submit_and_tell  # type: ignore[method-assign]
+    watcher = ManagerLog()
+    logger = logging.getLogger("bot.jobs.manager")
+    logger.addHandler(watcher)
+    await manager.start()
+    try:
+        yield World(manager, transport, db_path, tmp_path / "images", watcher, finished, news)
+    finally:
+        logger.removeHandler(watcher)
+        await manager.close()
+        await db.close()
+
+
+@contextlib.contextmanager
+def write_lock(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's write transaction (a backup tool, say): the bot's writes wait out their busy
+    timeout and fail with "database is locked" while it is held. Reads still work (WAL)."""
+    con = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        con.execute("BEGIN EXCLUSIVE")
+        yield con
+        con.execute("ROLLBACK")
+    finally:
+        con.close()
+
+
+def state(con: sqlite3.Connection, job_id: str) -> str:
+    return con.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+
+
+async def test_a_locked_database_while_dispatching_loses_no_job_and_the_pump_goes_on(tmp_path):
+    async with world(tmp_path, slots=1) as w:
+        running = await w.manager.submit(job(1))
+        await w.dispatched(running.job.id)
+        waiting = await w.manager.submit(job(2))
+        assert w.manager.position(waiting.job.id) == 1
+        with write_lock(w.db_path) as con:
+            w.transport.open(2)
+            # The worker's next event: the pump handles it, then tries to start the waiting job.
+            w.transport.emit(JobProgress(running.job.id, 1, 2))
+            await w.log.wait_for("could not start the next job")
+            # The job is still first in line, in memory as in the database, and not on a worker.
+            assert w.manager.position(waiting.job.id) == 1
+            assert state(con, waiting.job.id) == "queued"
+            assert waiting.job.id not in w.transport.inflight
+        # The lock is gone: the retry starts the job without any new event.
+        await w.dispatched(waiting.job.id)
+        # The pump still reads results.
+        w.transport.finish(running.job.id)
+        w.transport.finish(waiting.job.id)
+        assert (await w.finished_job(running.job.id)).state is JobState.DONE
+        assert (await w.finished_job(waiting.job.id)).state is JobState.DONE
+        assert w.manager.active_jobs() == []
+
+
+async def test_a_locked_database_when_a_result_arrives_holds_the_result_until_it_is_saved(tmp_path):
+    async with world(tmp_path, slots=1) as w:
+        first = await w.manager.submit(job(1))
+        await w.dispatched(first.job.id)
+        with write_lock(w.db_path) as con:
+            w.transport.finish(first.job.id)
+            await w.log.wait_for(f"recording the result of job {first.job.id}")
+            # Not recorded yet, so not acknowledged (NATS would keep it), and the job is still running.
+            assert first.job.id not in w.transport.acked
+            assert state(con, first.job.id) == "running"
+        done = await w.finished_job(first.job.id)
+        assert done.state is JobState.DONE and len(done.images) == 1
+        assert await asyncio.to_thread(Path(done.images[0].path).is_file)
+        assert w.transport.acked == [first.job.id]
+        # Later work still flows: the pump survived.
+        second = await w.manager.submit(job(2))
+        await w.dispatched(second.job.id)
+        w.transport.finish(second.job.id)
+        assert (await w.finished_job(second.job.id)).state is JobState.DONE
+
+
+def fill_the_disk_at(images: Path, name: str) -> list[Path]:
+    """Make the write of ``name`` in the day's folder hit a full disk: the path is a link to /dev/full,
+    where every write fails with ENOSPC. Today's and tomorrow's folders both (midnight may pass)."""
+    now = dt.datetime.now(dt.UTC)
+    links = []
+    for day in (now, now + dt.timedelta(days=1)):
+        folder = images / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / name
+        link.symlink_to("/dev/full")
+        links.append(link)
+    return links
+
+
+async def test_a_full_disk_fails_the_job_with_a_clear_notice_and_leaves_nothing_behind(tmp_path):
+    async with world(tmp_path, slots=1) as w:
+        doomed = job(1)
+        doomed.count = 2
+        links = fill_the_disk_at(w.images, f"{doomed.id}_1.tmp")  # the first picture fits, the second not
+        await w.manager.submit(doomed)
+        await w.dispatched(doomed.id)
+        w.transport.finish(doomed.id)
+        failed = await w.finished_job(doomed.id)
+        assert failed.state is JobState.FAILED
+        assert failed.error is not None and "disk is full" in failed.error
+        assert str(tmp_path) not in failed.error and "/" not in failed.error  # no paths for members
+        # Nothing half-written stays: not the first picture, not the partial second one.
+        leftovers = [p for p in w.images.rglob("*") if p.is_file() or p.is_symlink()]
+        assert [p for p in leftovers if doomed.id in p.name and p not in links] == []
+        assert sum(link.is_symlink() for link in links) == 1  # the one written to was removed too
+        # Its slot is released: nothing of it is queued or running, and the failure was recorded first.
+        assert w.manager.active_jobs() == [] and w.manager.queued_count(1) == 0
+        assert w.transport.acked == [doomed.id]
+        # The next member's job is served as usual.
+        other = await w.manager.submit(job(2))
+        await w.dispatched(other.job.id)
+        w.transport.finish(other.job.id)
+        assert (await w.finished_job(other.job.id)).state is JobState.DONE
