@@ -52,5 +52,6 @@ async def read_body(request: web.Request) -> tuple[Any, list[Upload]]:
     raw = await request.read()
     return (json.loads(raw) if raw else {}), []
 
+
 # When a REST request reached "Discord" (after any injected latency): Discord's deadlines count to here.
 ARRIVED = web.RequestKey("arrived", float)
