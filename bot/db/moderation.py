@@ -66,6 +66,8 @@ class Activity:
     images_today: int  # finished since the start of the day
     last_job_at: dt.datetime | None
     queued_total: int  # queued jobs across every guild (the global QUEUE_CAP)
+    guild_queued: int  # queued jobs of this guild, every member's (its share of QUEUE_CAP)
+    queued_guilds: frozenset[int | None]  # the guilds with jobs queued (None: direct messages)
     known_job_ids: frozenset[str]  # which of the asked-about job ids exist (admission's reservations)
 
 
@@ -155,10 +157,14 @@ class ModerationStore:
             )
             .scalar_subquery(),
             select(func.max(Job.created_at)).where(*mine).scalar_subquery(),
-            select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED).scalar_subquery(),
+        )
+        # Queued jobs per guild: at most QUEUE_CAP rows, as the cap bounds the queue.
+        per_guild = (
+            select(Job.guild_id, func.count()).where(Job.state == JobState.QUEUED).group_by(Job.guild_id)
         )
         async with self.sessions() as session:
-            active_jobs, active_images, today, last, queued = (await session.execute(query)).one()
+            active_jobs, active_images, today, last = (await session.execute(query)).one()
+            queued: dict[int | None, int] = {g: int(n) for g, n in await session.execute(per_guild)}
             known: set[str] = set()
             if job_ids:
                 known = set(await session.scalars(select(Job.id).where(Job.id.in_(list(job_ids)))))
@@ -171,7 +177,9 @@ class ModerationStore:
             int(active_images or 0),
             int(today or 0),
             last,
-            int(queued or 0),
+            sum(queued.values()),
+            queued.get(guild_id, 0),
+            frozenset(queued),
             frozenset(known),
         )
 

@@ -2,7 +2,12 @@
 text names the limit, its value and, where there is one, when it resets.
 
 Checks, in order: ban → img2img allowed → parameters within the member's limits → blocked terms →
-global queue cap → queued_jobs → cooldown_seconds → daily_images.
+global queue cap → the guild's share of it → queued_jobs → cooldown_seconds → daily_images.
+
+The share: QUEUE_CAP divided by the guilds using the bot now (those with jobs queued, and those that
+asked in the last :data:`GUILD_ACTIVE_WINDOW`, itself included; direct messages count as one guild), at
+least 1. A guild alone may fill the queue; once another asks, the first takes no new job until it is
+under its share, so the newcomer gets the next free place instead of being locked out.
 
 Two fast commands from one user must not both slip under a quota: admission runs under a per-user
 lock, and an admitted job holds a *reservation* (its id, its images) that counts against the quotas
@@ -31,6 +36,12 @@ if TYPE_CHECKING:
     from bot.settings import Settings
 
 RESERVATION_TTL = dt.timedelta(seconds=60)
+GUILD_ACTIVE_WINDOW = dt.timedelta(seconds=60)  # a guild that asked this recently counts for the share
+
+
+def guild_share(queue_cap: int, active_guilds: int) -> int:
+    """The most jobs one guild may have queued while ``active_guilds`` guilds use the bot."""
+    return max(1, queue_cap // max(1, active_guilds))
 
 
 class Requester(Protocol):
@@ -108,6 +119,7 @@ class Admission:
         self.clock = clock
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._reserved: dict[str, _Reservation] = {}
+        self._asked: dict[int | None, dt.datetime] = {}  # guild -> its last admission that got to quotas
 
     def _lock(self, user_id: int) -> asyncio.Lock:
         lock = self._locks.get(user_id)
@@ -203,11 +215,22 @@ class Admission:
             mine.pop(job_id, None)
         pending = list(mine.values())
 
+        # Asking counts even when refused: that is what shrinks a queue-filling guild's share.
+        self._asked[who.guild_id] = now
+        self._asked = {g: t for g, t in self._asked.items() if now - t < GUILD_ACTIVE_WINDOW}
         queued = activity.queued_total + len(pending)
         if queued >= self.queue_cap:
             raise policy.PolicyError(
                 f"The queue is full right now ({queued:,} jobs waiting; the most is {self.queue_cap:,}). "
                 "Please try again in a few minutes."
+            )
+        guilds = len(activity.queued_guilds | self._asked.keys())
+        share, here = guild_share(self.queue_cap, guilds), activity.guild_queued + len(pending)
+        if here >= share:
+            whose = "This server's" if who.guild_id is not None else "The direct messages'"
+            raise policy.PolicyError(
+                f"{whose} share of the queue is full ({here:,} jobs waiting; {self.queue_cap:,} places are "
+                f"shared by the {guilds:,} servers using the bot now). Please try again in a few minutes."
             )
 
         active, allowed = activity.active_jobs + len(pending), eff[LimitName.QUEUED_JOBS]

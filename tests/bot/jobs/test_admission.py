@@ -10,7 +10,7 @@ import pytest
 from bot.db import Database, Job
 from bot.db.jobs import JobStore, SavedImage
 from bot.db.moderation import ModerationStore
-from bot.jobs.admission import RESERVATION_TTL, Admission
+from bot.jobs.admission import GUILD_ACTIVE_WINDOW, RESERVATION_TTL, Admission
 from bot.jobs.limits import LimitName, Scope
 from bot.jobs.policy import Defaults, Params, PolicyError
 from bot.settings import Settings
@@ -258,6 +258,52 @@ async def test_global_queue_cap(env):
     await add_job(env, None, Who(user_id=2))
     with pytest.raises(PolicyError, match="queue is full"):
         await admit(admission)
+
+
+async def test_a_guild_alone_may_fill_the_queue(env):
+    admission, _ = make(env, QUEUE_CAP=3)
+    await add_job(env, None, Who(user_id=1))
+    await add_job(env, None, Who(user_id=2))
+    assert await admit(admission)  # the only guild using the bot: its share is the whole cap
+
+
+async def test_one_guild_cannot_take_another_guilds_share_of_the_queue(env):
+    admission, _ = make(env, QUEUE_CAP=4)
+    for user in (1, 2):
+        await add_job(env, None, Who(user_id=user))
+    # Guild B asks: two guilds now, a share of 2 each; B has none queued.
+    assert await admit(admission, Who(user_id=7, guild_id=OTHER_GUILD))
+    # Guild A already holds its 2 although the queue has room (2 of 4 places used).
+    with pytest.raises(
+        PolicyError, match=r"This server's share of the queue is full \(2 jobs waiting; 4 places"
+    ):
+        await admit(admission, Who(user_id=3))
+
+
+async def test_a_guild_refused_by_a_full_queue_gets_the_next_free_place(env):
+    clock = Clock(NOON)
+    admission, _ = make(env, clock, QUEUE_CAP=4)
+    hog = [await add_job(env, None, Who(user_id=u)) for u in (1, 2, 3, 4)]  # guild A fills the queue
+    newcomer = Who(user_id=9, guild_id=OTHER_GUILD)
+    with pytest.raises(PolicyError, match="queue is full"):
+        await admit(admission, newcomer)
+    # One of A's jobs starts: a place frees. A asks first, but the refused guild counts: A (3 queued) is
+    # over its share of 2, so the place stays for the newcomer.
+    await JobStore(env.sessions).start_attempt(hog[0].id)
+    with pytest.raises(PolicyError, match="share of the queue is full"):
+        await admit(admission, Who(user_id=5))
+    assert await admit(admission, newcomer)
+    # A minute after the newcomer last asked, with nothing of it queued, guild A alone may fill the queue.
+    clock.now = NOON + GUILD_ACTIVE_WINDOW + dt.timedelta(seconds=1)
+    assert await admit(admission, Who(user_id=5))
+
+
+async def test_direct_messages_share_the_queue_as_one_guild(env):
+    admission, _ = make(env, QUEUE_CAP=2)
+    await add_job(env, None, Who(user_id=1, guild_id=None))
+    assert await admit(admission)  # guild A asks: two "guilds", a share of 1 each
+    with pytest.raises(PolicyError, match="The direct messages' share of the queue is full"):
+        await admit(admission, Who(user_id=2, guild_id=None))
 
 
 async def test_safety_check_only_outside_nsfw_channels_and_only_when_configured(env):
