@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import IO, Any
 
 from engine.sampler_names import DEFAULT_SAMPLER
+from engine.wire_checks import REASON_CHARS, check_fields
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 512 * 1024 * 1024  # a sanity bound: a corrupt length must not allocate the world
@@ -136,6 +137,11 @@ class JobFailed:
     reason: str
     retryable: bool = False  # True: the worker died or was interrupted, not the request's fault
 
+    def __post_init__(self) -> None:
+        # An exception's text can be long; the peer refuses a reason over REASON_CHARS, so cut it here.
+        if isinstance(self.reason, str) and len(self.reason) > REASON_CHARS:
+            self.reason = self.reason[: REASON_CHARS - 1] + "…"
+
 
 @dataclass(slots=True)
 class JobCancelled:
@@ -162,6 +168,11 @@ _TYPES: dict[str, type] = {
         JobCancelled,
     )
 }
+
+
+_MESSAGE_TYPES = (
+    Submit, Cancel, Shutdown, WorkerReady, JobStarted, JobProgress, JobDone, JobFailed, JobCancelled
+)  # fmt: skip
 
 
 class ProtocolError(ValueError):
@@ -191,10 +202,10 @@ class _Packer:
 def _unpack(value: Any, blobs: list[bytes]) -> Any:
     if isinstance(value, dict):
         if "$b" in value:
-            try:
-                return blobs[value["$b"]]
-            except (IndexError, TypeError) as exc:
-                raise ProtocolError(f"bad blob reference {value!r}") from exc
+            index = value["$b"]
+            if len(value) != 1 or type(index) is not int or not 0 <= index < len(blobs):
+                raise ProtocolError(f"bad blob reference {value!r:.80}")
+            return blobs[index]
         kind = value.pop("$t", None)
         fields = {k: _unpack(v, blobs) for k, v in value.items()}
         if kind is None:
@@ -203,6 +214,9 @@ def _unpack(value: Any, blobs: list[bytes]) -> Any:
         if cls is None:
             raise ProtocolError(f"unknown message type {kind!r}")
         try:
+            # Every field's type, size and range before the object exists: a peer (or anyone who can
+            # publish on the broker) must not hand the bot an index like "0/../x" or a 1e9-image job.
+            check_fields(cls, fields)
             return cls(**fields)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"bad {kind}: {exc}") from exc
@@ -226,10 +240,17 @@ def decode(data: bytes) -> Message:
     (header_len,) = _U32.unpack_from(data, 0)
     if 4 + header_len > len(data):
         raise ProtocolError("truncated header")
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes is over the limit")
     try:
-        header = json.loads(data[4 : 4 + header_len])
-        sizes = [int(n) for n in header["b"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        # NaN and Infinity are not JSON: refused rather than let through as floats.
+        header = json.loads(data[4 : 4 + header_len], parse_constant=_no_constant)
+        sizes = header["b"]
+        if not isinstance(header, dict) or not isinstance(sizes, list):
+            raise TypeError("header is not {m, b}")
+        if not all(type(n) is int for n in sizes):
+            raise TypeError("blob sizes must be whole numbers")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"bad header: {exc}") from exc
     blobs: list[bytes] = []
     offset = 4 + header_len
@@ -238,10 +259,19 @@ def decode(data: bytes) -> Message:
             raise ProtocolError("truncated blob")
         blobs.append(data[offset : offset + size])
         offset += size
-    message = _unpack(header.get("m"), blobs)
-    if not dataclasses.is_dataclass(message):
+    if offset != len(data):
+        raise ProtocolError(f"{len(data) - offset} stray bytes after the last blob")
+    try:
+        message = _unpack(header.get("m"), blobs)
+    except RecursionError as exc:
+        raise ProtocolError("message nested too deeply") from exc
+    if not isinstance(message, _MESSAGE_TYPES):
         raise ProtocolError("frame holds no message")
-    return message  # type: ignore[return-value]
+    return message
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
 
 
 def frame(message: Message) -> bytes:
