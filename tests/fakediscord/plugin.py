@@ -138,6 +138,15 @@ def make_world(fake: FakeDiscord) -> SimpleNamespace:
 
 @pytest_asyncio.fixture
 async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """A started loopback Discord (stopped after the test; fails the test if the fake itself broke).
+
+    Knobs, changeable mid-test (details in tests/fakediscord/__init__.py):
+    ``latency.rest`` / ``latency.cdn`` / ``latency.<route class>`` (seconds), ``interaction_deadline``
+    (3 s, server-measured), ``token_lifetime`` / ``expire_token(inter)``, ``set_overwrite(channel,
+    role|user, allow=, deny=)``, ``set_role_permissions``, ``permissions_in``, ``add_thread`` /
+    ``add_thread_member`` / ``archive_thread``, ``add_forum`` / ``add_forum_post``, ``delete_channel``,
+    ``remove_guild``, ``rate_limits.set(route, limit=, per=)``, ``invalid_requests.count`` / ``.log`` /
+    ``.limit``, ``fail_next``, ``disconnect_bots``."""
     fake = FakeDiscord()
     await fake.start()
     try:
@@ -145,6 +154,12 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     finally:
         await fake.stop()
     assert not fake.internal_errors, f"the fake Discord itself failed: {fake.internal_errors}"
+
+
+@pytest_asyncio.fixture
+async def discord_server(fake_discord: FakeDiscord) -> FakeDiscord:
+    """The same object as ``fake_discord``, under the name issue #11 uses (``discord_server.latency``)."""
+    return fake_discord
 
 
 @pytest_asyncio.fixture

@@ -235,8 +235,13 @@ async def test_threads_public_private_archived(
     fake_discord: FakeDiscord, discord_world, discord_client
 ) -> None:
     guild, channel = discord_world.guild, discord_world.channel
+    older = fake_discord.add_thread(channel, "from before the bot started")
     bot, seen = make_bot()
     async with discord_client(bot):
+        assert bot.get_guild(guild.id).get_thread(older.id).name == older.name  # via GUILD_CREATE
+        in_thread = await fake_discord.invoke("ping", **where(discord_world, older))
+        await in_thread.wait_response(5)
+        assert in_thread.original.channel_id == older.id and in_thread.original.content == "pong"
         public = fake_discord.add_thread(channel, "chat", owner=discord_world.member)
         private = fake_discord.add_thread(channel, "secret", private=True, owner=discord_world.member)
         await fake_discord.wait_until(

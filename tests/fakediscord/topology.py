@@ -54,12 +54,14 @@ class Topology:
         thread_id: int | None = None,
     ) -> FakeChannel:
         """A public (11) or private (12) thread under ``parent`` (THREAD_CREATE). A private thread is
-        visible only to its ``members`` (the owner is one) and to those with MANAGE_THREADS."""
+        visible only to its ``members`` (the owner, by default the guild owner, is one) and to those
+        with MANAGE_THREADS."""
         if parent.guild_id is None or parent.is_thread:
             raise ValueError("threads live under a guild text or forum channel")
         if private and parent.type != GUILD_TEXT:
             raise ValueError("private threads only exist in text channels")
         guild = self.guilds[parent.guild_id]
+        owner = owner or self.users[guild.owner_id]  # every thread has a starter (discord.py needs one)
         thread = FakeChannel(
             thread_id or self.snowflake(),
             guild.id,
@@ -67,11 +69,11 @@ class Topology:
             PRIVATE_THREAD if private else PUBLIC_THREAD,
             parent.nsfw,
             parent_id=parent.id,
-            owner_id=owner.id if owner else None,
+            owner_id=owner.id,
             archived=archived,
             locked=locked,
         )
-        thread.member_ids = {u.id for u in members} | ({owner.id} if owner else set())
+        thread.member_ids = {owner.id, *(u.id for u in members)}
         guild.channels[thread.id] = thread
         self.channels[thread.id] = thread
         self._emit("THREAD_CREATE", {**thread.to_json(), "newly_created": True})
