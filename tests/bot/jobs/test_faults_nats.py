@@ -1,0 +1,70 @@
+"""Faults with the real NATS transport, a real nats-server and a real `python -m engine serve` worker (its
+load simulation): a result that arrives while the database is locked stays in the results stream,
+unacknowledged, until the JobManager has recorded it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+
+from bot.db import JobState
+from bot.transport.nats import NatsTransport
+from engine.nats_layout import Layout
+from tests.bot.jobs.test_faults import ManagerLog, state, write_lock
+from tests.bot.transport.conftest import nats_namespace, nats_server, spawn_worker, worker_logs  # noqa: F401
+from tests.bot.transport.test_nats import SIM, make_job, running_manager, wait_until
+
+
+async def results_held(url: str, namespace: str) -> int:
+    """Results the broker still keeps for the bot (delivered or not): acknowledged ones are gone."""
+    layout = Layout(namespace)
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(layout.results_stream)
+        return info.state.messages
+    finally:
+        await nc.close()
+
+
+async def test_a_result_stays_unacked_while_the_database_is_locked(
+    nats_server,  # noqa: F811
+    nats_namespace,  # noqa: F811
+    spawn_worker,  # noqa: F811
+    tmp_path,
+):
+    worker = spawn_worker(nats_server.url, nats_namespace, "w0", *SIM, "--slots", "1")
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=5)
+    watcher = ManagerLog()
+    logger = logging.getLogger("bot.jobs.manager")
+    logger.addHandler(watcher)
+    db_path = tmp_path / "bot.db"
+    try:
+        async with running_manager(db_path, transport) as (manager, recorder):
+            await wait_until(lambda: transport.worker_count() == 1, 30, "the worker")
+            job = make_job(steps=40)  # 2 s of simulated work: the lock below is taken long before its end
+            await manager.submit(job)
+            assert job.id in recorder.started  # on its way to the worker, its row already `running`
+            with write_lock(db_path) as con:
+                await watcher.wait_for(f"recording the result of job {job.id}")
+                # The broker keeps the result: the manager has not asked past it, so it is not acked.
+                assert await results_held(nats_server.url, nats_namespace) == 1
+                assert state(con, job.id) == "running"
+            await wait_until(lambda: bool(recorder.finished), 60, "the result to be recorded")
+            assert recorder.finished[0].id == job.id and recorder.finished[0].state is JobState.DONE
+            await wait_until_async(lambda: results_held(nats_server.url, nats_namespace), 0, "the ack")
+    except BaseException:
+        print(worker_logs([worker]))
+        raise
+    finally:
+        logger.removeHandler(watcher)
+
+
+async def wait_until_async(probe, expected: int, what: str) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while await probe() != expected:  # the broker sends no event when it drops an acked message: poll it
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
