@@ -3,34 +3,14 @@ runner (so benchmarks with simulated workers batch exactly like real ones). Torc
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
-from typing import Protocol, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.jobs import Job
 
 
-class _Request(Protocol):
-    priority: int
-    count: int
-
-
-class Plannable(Protocol):
-    request: _Request
-    order: int
-    next_index: int
-    running: bool
-    cancelled: bool
-    finished: bool
-
-    @property
-    def remaining(self) -> int: ...
-
-    @property
-    def key(self) -> Hashable: ...
-
-
-J = TypeVar("J", bound=Plannable)
-
-
-def plan_batch(jobs: Iterable[J], max_batch: int) -> list[tuple[J, list[int]]]:
+def plan_batch(jobs: Iterable[Job], max_batch: int) -> list[tuple[Job, list[int]]]:
     """The next batch: the most urgent job's next images (at most ``max_batch``), then whole compatible
     jobs (same ``key``) in priority order while they fit. Marks the chosen images as handed out."""
     ready = sorted(

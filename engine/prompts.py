@@ -151,6 +151,12 @@ class PromptChunk:
 class PromptTooLongError(ValueError):
     """A prompt past :data:`engine.bounds.PROMPT_CHUNKS`: every chunk lengthens the UNet's context."""
 
+    def __init__(self) -> None:  # one message, also for the tokenizer-free count (engine/requests.py)
+        super().__init__(
+            f"the prompt is over {bounds.PROMPT_CHUNKS} chunks of {CHUNK_LENGTH} tokens "
+            "(each BREAK starts one)"
+        )
+
 
 def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
     bos, eos = int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
@@ -212,10 +218,7 @@ def tokenize_prompt(
     def next_chunk() -> None:
         nonlocal tokens, multipliers, last_comma
         if len(chunks) == bounds.PROMPT_CHUNKS:  # stop at once: 250 BREAKs must not cost 250 chunks
-            raise PromptTooLongError(
-                f"the prompt is over {bounds.PROMPT_CHUNKS} chunks of {CHUNK_LENGTH} tokens "
-                "(each BREAK starts one)"
-            )
+            raise PromptTooLongError
         chunks.append(_finish_chunk(tokenizer, tokens, multipliers))
         tokens, multipliers, last_comma = [], [], -1
 

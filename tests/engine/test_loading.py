@@ -118,7 +118,7 @@ def test_requests_pick_models_by_name_and_failures_keep_the_model(tiny_model, mo
         assert isinstance(folder, JobDone) and folder.model == "tiny-folder"
 
         # the new model does not fit on the device: the request fails, the old model comes back
-        original_place, calls = r._place, []
+        original_place, calls = r.slot._place, []
 
         def place(pipe):
             calls.append(pipe)
@@ -126,11 +126,11 @@ def test_requests_pick_models_by_name_and_failures_keep_the_model(tiny_model, mo
                 raise RuntimeError("CUDA out of memory (simulated)")
             original_place(pipe)
 
-        r._place = place
+        r.slot._place = place
         moved = r.run([request("nofit", model="tiny-file")])["nofit"]
         assert isinstance(moved, JobFailed) and "could not move model tiny-file" in moved.reason
         assert r.model_name == "tiny-folder"
-        del r._place
+        del r.slot._place
         assert isinstance(r.run([request("still", model="tiny-folder")])["still"], JobDone)
     finally:
         r.close()

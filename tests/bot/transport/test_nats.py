@@ -183,7 +183,7 @@ async def test_cancel_reaches_the_worker_holding_the_job(nats_server, nats_names
             running_manager(tmp_path / "bot.db", transport) as (manager, recorder),
         ):
             await wait_until(lambda: transport.worker_count() == 1, 30, "the worker")
-            long_job = make_job(steps=400)  # 20 s of simulated work
+            long_job = make_job(steps=150)  # 7.5 s of simulated work (150: bounds.STEPS)
             await manager.submit(long_job)
             await wait_until(lambda: bool(starts), 10, "the job to start on the worker")
             loop = asyncio.get_running_loop()

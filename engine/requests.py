@@ -1,0 +1,139 @@
+"""Request preparation: every check a worker makes on a request before it queues it, and the :class:`Job`
+the request becomes.
+
+The request may come from anywhere (the NATS broker is untrusted too), so engine/bounds.py's table is
+applied again whatever the bot checked. Torch-free: the real Runner and the simulated one
+(engine/simulate.py) both prepare requests here, so they refuse the same requests with the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from engine import bounds, loading, pictures, prompts
+from engine import loras as loras_mod
+from engine.jobs import BatchKey, Job, JobBook
+from engine.protocol import GenerateRequest, JobKind
+from engine.sampler_names import UnknownSamplerError, canonical_sampler
+
+UPSCALE_FACTOR = 2
+
+
+class RequestError(ValueError):
+    """A request the engine cannot run as given (bad sampler, size, init image...): fails that request."""
+
+
+def prepare_job(
+    request: GenerateRequest,
+    *,
+    book: JobBook,
+    resolve_model: Callable[[str | None], loading.ModelSource],
+    loras: loras_mod.LoraLibrary,
+    tokenizer: Any | None,
+) -> Job:
+    """Check ``request`` into a :class:`Job` of ``book``. Raises :class:`RequestError` with a clear reason.
+
+    ``resolve_model`` maps the request's model name to a source (ModelLoadError for an unknown one);
+    ``tokenizer`` counts the prompt's chunks (None: what its BREAKs alone make)."""
+    try:
+        sampler = canonical_sampler(request.sampler)
+    except UnknownSamplerError as exc:
+        raise RequestError(str(exc)) from exc
+    if request.steps not in bounds.STEPS:
+        raise RequestError(f"steps must be between 1 and {bounds.STEPS.hi}, got {request.steps}")
+    if request.count not in bounds.COUNT:
+        raise RequestError(f"count must be between 1 and {bounds.COUNT.hi}, got {request.count}")
+    if request.cfg_scale not in bounds.CFG:
+        raise RequestError(
+            f"cfg_scale must be between {bounds.CFG.lo:g} and {bounds.CFG.hi:g}, got {request.cfg_scale}"
+        )
+    try:
+        source = resolve_model(request.model)
+    except loading.ModelLoadError as exc:
+        raise RequestError(str(exc)) from exc
+    init: Image.Image | None = None
+    strength: float | None = None
+    upscale: float | None = None
+    width, height = request.width, request.height
+    if request.kind != JobKind.TXT2IMG:
+        if not request.init_image:
+            raise RequestError(f"a {request.kind.value} request needs an init image")
+        if request.strength not in bounds.STRENGTH:
+            raise RequestError(
+                f"strength must be between {bounds.STRENGTH.lo:g} and {bounds.STRENGTH.hi:g}, "
+                f"got {request.strength}"
+            )
+        strength = float(request.strength)
+        init = _decode_image(request.init_image)
+        if request.kind == JobKind.UPSCALE and width <= init.width and height <= init.height:
+            # No larger target given: 2x the init image (the bot sends the 2x size itself).
+            width, height = init.width * UPSCALE_FACTOR, init.height * UPSCALE_FACTOR
+        if request.kind == JobKind.UPSCALE:
+            upscale = round(_round8(width) / init.width, 2)
+    width, height = _round8(width), _round8(height)
+    if width > bounds.SIDE.hi or height > bounds.SIDE.hi or width * height > bounds.PIXELS.hi:
+        raise RequestError(
+            f"size {width}x{height} is over the engine's limit of {bounds.SIDE.hi} per side "
+            f"and {bounds.PIXELS.hi:,} pixels"
+        )
+    if init is not None and init.size != (width, height):
+        init = init.resize((width, height), Image.Resampling.LANCZOS)
+    try:
+        text, named = loras_mod.extract(request.prompt)
+        loras.check(named)
+    except loras_mod.LoraError as exc:
+        raise RequestError(str(exc)) from exc
+    key = BatchKey(
+        source.key,
+        request.kind,
+        width,
+        height,
+        request.steps,
+        sampler,
+        float(request.cfg_scale),
+        strength,
+        chunk_count(tokenizer, text, request.negative_prompt),  # RequestError past bounds.PROMPT_CHUNKS
+        named,
+    )
+    return Job(
+        request=request,
+        key=key,
+        source=source,
+        prompt=text,
+        init_image=init,
+        order=book.next_order(),
+        upscale=upscale,
+    )
+
+
+def chunk_count(tokenizer: Any | None, prompt: str, negative_prompt: str) -> int:
+    """The 77-token chunks the longer of ``prompt`` and its negative encodes to; RequestError past
+    :data:`engine.bounds.PROMPT_CHUNKS`.
+
+    Without a tokenizer (the simulated runner; a real one while it swaps models) the count the BREAKs
+    alone make: a prompt of too many BREAKs is refused all the same, instead of failing its whole batch
+    when it is encoded."""
+    try:
+        if tokenizer is not None:
+            return prompts.chunk_count(tokenizer, prompt, negative_prompt)
+        chunks = max(bounds.break_chunks(prompt), bounds.break_chunks(negative_prompt))
+        if chunks > bounds.PROMPT_CHUNKS:
+            raise prompts.PromptTooLongError
+        return chunks
+    except prompts.PromptTooLongError as exc:
+        raise RequestError(str(exc)) from exc
+
+
+def _round8(value: float) -> int:
+    return max(bounds.SIDE.lo, round(value / 8) * 8)
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    # The bot sends a normalized PNG, but the wire is untrusted: the same format, size and mode rules again.
+    try:
+        return pictures.open_rgb(data)
+    except pictures.PictureError as exc:
+        raise RequestError(f"init image could not be decoded: {exc}") from exc
