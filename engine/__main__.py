@@ -6,12 +6,14 @@
     python -m engine worker --model M [...]         the worker process (protocol frames on stdin/stdout)
     python -m engine serve --nats URL --model M [--device cuda:N]
                                                     scale-out worker pulling jobs from NATS JetStream
+                                                    (credentials: NATS_USER/NATS_PASSWORD, NATS_TOKEN,
+                                                    NATS_CREDS or --nats-creds FILE; never in the URL)
     python -m engine generate "prompt" --out img.png [...]
                                                     one-off render from a shell, with a progress bar
 
 Flags fall back to the environment where one is named: ENGINE_MAX_BATCH, MODELS_DIR,
 ALLOW_PICKLE_CHECKPOINTS, ENGINE_DEVICE, ENGINE_DTYPE, ENGINE_SINGLE_FILE_CONFIG, ENGINE_TAESD,
-ENGINE_SAFETY_CHECKER, ENGINE_MODEL, ENGINE_WORKER_ID.
+ENGINE_SAFETY_CHECKER, ENGINE_MODEL, ENGINE_WORKER_ID, NATS_URL, NATS_NAMESPACE.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="scale-out worker: pull jobs from NATS JetStream (--nats URL)")
     _add_model_flags(p, model_required=False)
-    from engine.nats_worker import add_serve_flags
+    from engine.nats_serve import add_serve_flags
 
     add_serve_flags(p)
 
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_worker(args)
     if args.command == "serve":
-        from engine.nats_worker import run_serve
+        from engine.nats_serve import run_serve
 
         return run_serve(args)
     if args.command == "generate":

@@ -26,7 +26,6 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -41,30 +40,38 @@ DUPLICATE_WINDOW_SECONDS = 600.0  # a bot restarted within this re-publishes its
 RESULTS_MAX_AGE_SECONDS = 7 * 24 * 3600.0  # results and blobs nobody collects are dropped after a week
 INLINE_HEADROOM = 16 * 1024  # room for headers and the subject within the server's max_payload
 
+# The most an object-store body may hold: a job's 16 PNGs of the largest size (about 12 MiB each for 4 Mpx
+# of noise) fit. A bigger object is refused before it is read, so nobody who can write to the bucket makes
+# the bot or a worker hold gigabytes.
+MAX_OBJECT_BYTES = 256 * 1024 * 1024
+
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_OBJECT = "Imagine-Object"  # the body is in the object store under this name
-HEADER_SLOTS = "Imagine-Slots"  # images the worker holds at most (two batches' worth)
-HEADER_HEARTBEAT = "Imagine-Heartbeat"  # seconds between the worker's heartbeats
-HEADER_STATE = "Imagine-State"  # "ready" or "leaving"
-
-STATE_READY = "ready"
-STATE_LEAVING = "leaving"
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OBJECT_NAME_RE = re.compile(r"(requests|results)/[^\x00-\x1f\x7f]{1,300}")
 _STREAM_EXISTS_DIFFERENT = 10058
 
 
-def redact(url: str) -> str:
-    """``url`` without a user name or password, for logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable NATS URL>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+class BlobError(ValueError):
+    """A message names an object that cannot be read: gone, a link, or over :data:`MAX_OBJECT_BYTES`."""
+
+
+class _CappedBuffer:
+    """Where nats-py writes an object's chunks: stops at ``cap`` bytes even if the object's metadata lied
+    about its size (and avoids nats-py's ``bytes +=`` per chunk, quadratic for large objects)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > self.cap:
+            raise BlobError(f"object over {self.cap} bytes")
+        self.chunks.append(bytes(data))
+        return len(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +206,10 @@ def inline_limit(nc: Client) -> int:
 
 
 async def pack(store: ObjectStore, name: str, body: bytes, limit: int, headers: dict[str, str]) -> bytes:
-    """``body`` as sent: itself, or empty with ``headers`` naming the object it was put in."""
+    """``body`` as sent: itself, or empty with ``headers`` naming the object it was put in. Raises
+    :class:`BlobError` for a body over :data:`MAX_OBJECT_BYTES`: the other side would refuse it."""
+    if len(body) > MAX_OBJECT_BYTES:
+        raise BlobError(f"a body of {len(body)} bytes is over the object limit ({MAX_OBJECT_BYTES})")
     if len(body) <= limit:
         return body
     await store.put(name, body)
@@ -207,13 +217,25 @@ async def pack(store: ObjectStore, name: str, body: bytes, limit: int, headers: 
     return b""
 
 
-async def unpack(store: ObjectStore, data: bytes, headers: dict[str, str] | None) -> tuple[bytes, str | None]:
-    """The body of a received message and the object it came from (None: it was inline)."""
+async def unpack(
+    store: ObjectStore, data: bytes, headers: dict[str, str] | None, cap: int = MAX_OBJECT_BYTES
+) -> tuple[bytes, str | None]:
+    """The body of a received message and the object it came from (None: it was inline). Raises
+    :class:`BlobError` for an object that is not one this layout writes, a link (it could point into any
+    bucket), or one over ``cap`` bytes."""
     name = (headers or {}).get(HEADER_OBJECT)
     if not name:
         return data, None
-    result = await store.get(name)
-    return result.data or b"", name
+    if not _OBJECT_NAME_RE.fullmatch(name):
+        raise BlobError(f"object name {name[:80]!r} is not one of ours")
+    info = await store.get_info(name)
+    if info.is_link():
+        raise BlobError(f"object {name} is a link")
+    if (info.size or 0) > cap:
+        raise BlobError(f"object {name} holds {info.size} bytes; {cap} at most")
+    buffer = _CappedBuffer(cap)
+    await store.get(name, writeinto=buffer)  # type: ignore[arg-type]
+    return b"".join(buffer.chunks), name
 
 
 async def _add_stream(js: JetStreamContext, config: object) -> None:

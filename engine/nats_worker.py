@@ -1,4 +1,5 @@
-"""``python -m engine serve --nats URL``: a scale-out worker that pulls jobs from NATS JetStream.
+"""``python -m engine serve``: a scale-out worker that pulls jobs from NATS JetStream (its command line is
+engine/nats_serve.py, its replies engine/nats_publish.py).
 
 Run one per GPU, on any machine that reaches the broker. The worker loads its model, then:
 
@@ -22,36 +23,27 @@ batch finishes and is published. A second signal stops the batch at its next ste
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import sys
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from engine.nats_layout import (
-    DEFAULT_NAMESPACE,
-    HEADER_HEARTBEAT,
-    HEADER_MSG_ID,
-    HEADER_SLOTS,
-    HEADER_STATE,
+from engine.nats_connect import NatsAuth, connect_with_retry, redact, retry_until_stopped
+from engine.nats_heartbeat import (
+    DEFAULT_INTERVAL,
+    INTERVAL,
+    SLOTS,
     STATE_LEAVING,
-    STATE_READY,
-    Layout,
-    inline_limit,
-    pack,
-    redact,
-    unpack,
 )
+from engine.nats_layout import DEFAULT_NAMESPACE, HEADER_MSG_ID, Layout, unpack
+from engine.nats_presence import Presence
+from engine.nats_publish import ResultPublisher
 from engine.protocol import (
     Cancel,
     Event,
-    GenerateRequest,
     JobCancelled,
     JobDone,
     JobFailed,
@@ -59,54 +51,22 @@ from engine.protocol import (
     JobStarted,
     ProtocolError,
     Submit,
-    WorkerReady,
     decode,
-    encode,
 )
+from engine.wire_checks import JOB_ID_RE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
-
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
     from nats.js.object_store import ObjectStore
 
+    from engine.nats_serve import RunnerLike
+
 log = logging.getLogger("engine.nats_worker")
 
-DEFAULT_HEARTBEAT_SECONDS = 2.0
 DEFAULT_MAX_DELIVERIES = 3
 REMEMBER_CANCELS = 10_000  # cancels for jobs this worker does not hold (yet), newest kept
-RESULT_RETRY_SECONDS = 30.0  # then give up without acking: the job is redelivered and reported by another
-
-
-class RunnerLike(Protocol):
-    """What the worker needs from the engine's Runner (and from the load-simulation runner)."""
-
-    worker_id: str
-    max_batch: int
-
-    @property
-    def model_name(self) -> str: ...
-
-    @property
-    def device_name(self) -> str: ...
-
-    def prepare(self, request: GenerateRequest) -> Any: ...
-
-    def plan(self, jobs: Iterable[Any]) -> list[tuple[Any, list[int]]]: ...
-
-    def run_batch(self, batch: Sequence[tuple[Any, list[int]]], emit: Callable[[Event], None]) -> None: ...
-
-    def cancel(self, job: Any, emit: Callable[[Event], None]) -> bool: ...
-
-    def fail(self, job: Any, reason: str, emit: Callable[[Event], None], retryable: bool = False) -> bool: ...
-
-    def abort(self) -> None: ...
-
-    def wait_idle(self, timeout: float | None = None) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -123,17 +83,26 @@ class NatsWorker:
         *,
         namespace: str = DEFAULT_NAMESPACE,
         slots: int | None = None,
-        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        heartbeat_seconds: float = DEFAULT_INTERVAL,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         inline_limit: int | None = None,
         fetch_timeout: float = 2.0,
+        auth: NatsAuth | None = None,
     ) -> None:
         self.runner = runner
         self.url = url
+        self.auth = auth or NatsAuth()
         self.layout = Layout(namespace)
         # One job beyond a full batch waits here, so the GPU never idles between batches.
         # Slots count images: two batches' worth in hand keeps the next batch ready, for 1-image jobs too.
-        self.slots = slots if slots is not None else 2 * runner.max_batch
+        self.slots = slots if slots is not None else min(SLOTS.hi, 2 * runner.max_batch)
+        # The bot ignores heartbeats out of these bounds: refuse them here, where the operator sees why.
+        if self.slots not in SLOTS:
+            raise ValueError(f"slots must be between {SLOTS.lo} and {SLOTS.hi}, got {self.slots}")
+        if heartbeat_seconds not in INTERVAL:
+            raise ValueError(
+                f"heartbeat seconds must be {INTERVAL.lo:g}-{INTERVAL.hi:g}, got {heartbeat_seconds}"
+            )
         self.heartbeat_seconds = heartbeat_seconds
         self.max_deliveries = max_deliveries
         self.fetch_timeout = fetch_timeout
@@ -144,7 +113,6 @@ class NatsWorker:
         self._room = asyncio.Event()  # a slot was freed, or we are stopping
         self._work = asyncio.Event()  # a job was added, or we are stopping
         self._stop = asyncio.Event()
-        self._lease_check = asyncio.Event()  # re-read the lease now
         self._stopping = False  # draining: no new jobs
         self._aborting = False  # second signal: stop the running batch too
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner")
@@ -152,6 +120,8 @@ class NatsWorker:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._store: ObjectStore | None = None
+        self._publisher: ResultPublisher | None = None
+        self._presence: Presence | None = None
         self.lease = 0.0
         self._crashed = False
 
@@ -185,6 +155,10 @@ class NatsWorker:
             self._store = await self._ensure(js)
             if self._store is None:
                 return 0
+            self._publisher = ResultPublisher(
+                nc, js, self._store, self.layout, self.worker_id, self._inline_limit
+            )
+            presence = self._presence = Presence(self, nc, js)
             psub = await js.pull_subscribe_bind(
                 durable=self.layout.workers_consumer, stream=self.layout.jobs_stream
             )
@@ -193,9 +167,10 @@ class NatsWorker:
             publisher = self._supervised(self._publish_events(), "publish")
             batches = self._supervised(self._run_batches(), "batches")
             fetcher = self._supervised(self._fetch(psub), "fetch")
+            held = lambda: [h.msg for h in self._held.values()]  # noqa: E731
             background = [
-                asyncio.create_task(self._extend_leases(), name="leases"),
-                asyncio.create_task(self._heartbeats(), name="heartbeats"),
+                asyncio.create_task(presence.extend_leases(held), name="leases"),
+                asyncio.create_task(presence.heartbeats(lambda: self._stopping), name="heartbeats"),
             ]
             log.info(
                 "worker %s serving %s on %s: %d slot(s), lease %.0f s, broker %s",
@@ -213,7 +188,7 @@ class NatsWorker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._send_heartbeat(STATE_LEAVING)
+            await presence.send_heartbeat(STATE_LEAVING)
             log.debug("drain: said goodbye")
         finally:
             # Not nc.drain(): it waits on the pull subscription's internal queue, which fetch() never
@@ -241,46 +216,21 @@ class NatsWorker:
         self._stop.set()
 
     async def _connect(self) -> Client | None:
-        import nats
-
-        async def on_error(exc: Exception) -> None:
-            log.warning("NATS: %s", exc)
-
-        async def on_disconnect() -> None:
-            if not self._stopping:
-                log.warning("NATS connection lost; reconnecting (held jobs keep running)")
-
-        async def on_reconnect() -> None:
-            log.info("NATS connection back")
-
-        while not self._stop.is_set():
-            try:
-                return await nats.connect(
-                    self.url,
-                    name=f"imagine-worker {self.worker_id}",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnect,
-                    reconnected_cb=on_reconnect,
-                )
-            except Exception as exc:
-                log.warning("cannot reach NATS at %s (%s); retrying in 2 s", redact(self.url), exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 2)
-        return None
+        return await connect_with_retry(
+            self.url,
+            self.auth,
+            name=f"imagine-worker {self.worker_id}",
+            stop=self._stop,
+            lost="held jobs keep running",
+        )
 
     async def _ensure(self, js: JetStreamContext) -> ObjectStore | None:
-        while not self._stop.is_set():
-            try:
-                store = await self.layout.ensure(js)
-                self.lease = await self.layout.lease(js)
-                return store
-            except Exception as exc:
-                log.warning("NATS JetStream not usable (%s); is the server run with -js? retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 2)
-        return None
+        async def setup() -> ObjectStore:
+            store = await self.layout.ensure(js)
+            self.lease = await self.layout.lease(js)
+            return store
+
+        return await retry_until_stopped(setup, self._stop)
 
     # ------------------------------------------------------------------------------------------ intake
 
@@ -306,12 +256,16 @@ class NatsWorker:
             await _quietly(msg.nak())  # straight back to the queue for another worker
             return
         job_id = (msg.headers or {}).get(HEADER_MSG_ID, "")
+        if not JOB_ID_RE.fullmatch(job_id):
+            job_id = ""  # not an id the bot makes: nobody to report a failure to
         assert self._store is not None
         try:
             body, _ = await unpack(self._store, msg.data, msg.headers)
             message = decode(body)
             if not isinstance(message, Submit):
                 raise ProtocolError(f"expected Submit, got {type(message).__name__}")
+            if message.request.job_id != job_id:
+                raise ProtocolError("the job's id is not the one in its Nats-Msg-Id header")
         except Exception as exc:
             # It will never become readable: fail it (when we know its id) rather than redeliver it forever.
             log.error("unreadable job message %s dropped: %s", job_id or "(no id)", exc)
@@ -410,6 +364,10 @@ class NatsWorker:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
+    async def _publish_result(self, event: JobDone | JobFailed | JobCancelled) -> bool:
+        assert self._publisher is not None
+        return await self._publisher.publish_result(event, lambda: self._aborting)
+
     async def _publish_events(self) -> None:
         assert self._nc is not None
         while True:
@@ -417,7 +375,8 @@ class NatsWorker:
             if event is None:
                 return
             if isinstance(event, JobStarted | JobProgress):
-                await self._publish_live(event)
+                assert self._publisher is not None
+                await self._publisher.publish_live(event)
                 continue
             if not isinstance(event, JobDone | JobFailed | JobCancelled):
                 continue
@@ -435,38 +394,6 @@ class NatsWorker:
                 # Unacked, a job dropped here stops being extended and goes back to the queue.
                 self._held.pop(event.job_id, None)
                 self._room.set()
-
-    async def _publish_live(self, event: JobStarted | JobProgress) -> None:
-        assert self._nc is not None
-        body = encode(event)
-        if len(body) > inline_limit(self._nc) and isinstance(event, JobProgress):
-            body = encode(JobProgress(event.job_id, event.step, event.total))  # drop an oversized preview
-        try:
-            await self._nc.publish(self.layout.events_subject(event.job_id), body)
-        except Exception as exc:  # progress is best effort
-            log.debug("progress for %s not sent: %s", event.job_id, exc)
-
-    async def _publish_result(self, event: JobDone | JobFailed | JobCancelled) -> bool:
-        """Publish a terminal event durably; False when the broker would not take it (the job is then not
-        acked and comes back to the queue)."""
-        assert self._js is not None and self._store is not None and self._nc is not None
-        job_id = event.job_id
-        limit = self._inline_limit if self._inline_limit is not None else inline_limit(self._nc)
-        deadline = asyncio.get_running_loop().time() + RESULT_RETRY_SECONDS
-        while True:
-            try:
-                headers = {HEADER_MSG_ID: job_id}
-                data = await pack(
-                    self._store, f"results/{job_id}/{self.worker_id}", encode(event), limit, headers
-                )
-                await self._js.publish(self.layout.results_subject(job_id), data, headers=headers)
-                return True
-            except Exception as exc:
-                if self._aborting or asyncio.get_running_loop().time() > deadline:
-                    log.error("result of job %s not published (%s); it will run again elsewhere", job_id, exc)
-                    return False
-                log.warning("publishing the result of job %s failed (%s); retrying", job_id, exc)
-                await asyncio.sleep(1)
 
     # ---------------------------------------------------------------------------------- subscriptions
 
@@ -488,50 +415,8 @@ class NatsWorker:
             self._cancelled.popitem(last=False)
 
     async def _on_ping(self, msg: Msg) -> None:
-        self._lease_check.set()
-        if not self._stopping:
-            await self._send_heartbeat(STATE_READY)
-
-    async def _heartbeats(self) -> None:
-        while True:
-            await self._send_heartbeat(STATE_LEAVING if self._stopping else STATE_READY)
-            await asyncio.sleep(self.heartbeat_seconds)
-
-    async def _send_heartbeat(self, state: str) -> None:
-        assert self._nc is not None
-        ready = WorkerReady(
-            worker_id=self.worker_id,
-            model=self.runner.model_name,
-            device=self.runner.device_name,
-            pid=os.getpid(),
-            max_batch=self.runner.max_batch,
-        )
-        headers = {
-            HEADER_SLOTS: str(self.slots),
-            HEADER_HEARTBEAT: f"{self.heartbeat_seconds:g}",
-            HEADER_STATE: state,
-        }
-        try:
-            await self._nc.publish(self.layout.heartbeat_subject, encode(ready), headers=headers)
-            if state == STATE_LEAVING:
-                await self._nc.flush(timeout=2)
-        except Exception as exc:
-            log.debug("heartbeat not sent: %s", exc)
-
-    async def _extend_leases(self) -> None:
-        assert self._js is not None
-        while True:
-            try:
-                self.lease = await self.layout.lease(self._js)  # the bot may have changed it
-            except Exception as exc:
-                log.debug("lease not read: %s", exc)
-            for held in list(self._held.values()):
-                await _quietly(held.msg.in_progress())
-            # Every third of the lease (2 s at most), or at once when the bot pings: it pings after
-            # setting the lease, so a lease it shortened is seen before it sends any job.
-            self._lease_check.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_check.wait(), max(0.2, min(2.0, (self.lease or 30.0) / 3)))
+        assert self._presence is not None
+        await self._presence.pinged(self._stopping)
 
 
 async def _settle(task: asyncio.Task[None]) -> None:
@@ -547,84 +432,3 @@ async def _quietly(action: Any) -> None:
         await action
     except Exception as exc:
         log.debug("JetStream ack-type reply failed: %s", exc)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    """The ``serve`` subcommand's own flags (the model flags come from ``engine.__main__``)."""
-    parser.add_argument(
-        "--nats",
-        default=os.environ.get("NATS_URL") or None,
-        help="NATS server URL, e.g. nats://broker:4222 (or NATS_URL)",
-    )
-    parser.add_argument(
-        "--namespace",
-        default=os.environ.get("NATS_NAMESPACE") or DEFAULT_NAMESPACE,
-        help=f"subject/stream prefix shared with the bot (default {DEFAULT_NAMESPACE})",
-    )
-    parser.add_argument("--worker-id", default=os.environ.get("ENGINE_WORKER_ID") or None)
-    parser.add_argument("--slots", type=int, default=None, help="images held (default: 2 x max batch)")
-    parser.add_argument("--heartbeat-seconds", type=float, default=DEFAULT_HEARTBEAT_SECONDS)
-    parser.add_argument(
-        "--max-deliveries",
-        type=int,
-        default=DEFAULT_MAX_DELIVERIES,
-        help="fail a job delivered more often than this (it keeps killing workers)",
-    )
-    parser.add_argument(
-        "--simulate-seconds-per-step",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="LOAD SIMULATION for benchmarks/tests: sleep this long per step instead of running a model",
-    )
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """Entry point of ``python -m engine serve``."""
-    logging.basicConfig(
-        level=os.environ.get("ENGINE_LOG_LEVEL", "INFO").upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.nats:
-        print("engine serve: --nats URL is required (or NATS_URL)", file=sys.stderr)
-        return 2
-    worker_id = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
-    try:
-        runner = _make_runner(args, worker_id)
-    except Exception as exc:
-        print(f"engine: cannot start: {exc}", file=sys.stderr)
-        return 2
-    worker = NatsWorker(
-        runner,
-        args.nats,
-        namespace=args.namespace,
-        slots=args.slots,
-        heartbeat_seconds=args.heartbeat_seconds,
-        max_deliveries=args.max_deliveries,
-    )
-
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):  # Windows
-                loop.add_signal_handler(sig, worker.request_stop)
-        return await worker.run()
-
-    return asyncio.run(main())
-
-
-def _make_runner(args: argparse.Namespace, worker_id: str) -> RunnerLike:
-    if args.simulate_seconds_per_step is not None:
-        from engine.simulate import SimulatedRunner
-
-        log.warning("LOAD SIMULATION: no model; %g s per step", args.simulate_seconds_per_step)
-        return SimulatedRunner(args.simulate_seconds_per_step, max_batch=args.max_batch, worker_id=worker_id)
-    if not args.model:
-        raise ValueError("--model is required (or ENGINE_MODEL)")
-    from engine.worker import runner_from_args
-
-    return runner_from_args(args, worker_id)

@@ -1,7 +1,9 @@
 """The nats transport: engine workers on any machine, reached through a NATS JetStream work queue.
 
 Workers are ``python -m engine serve --nats URL`` processes (engine/nats_worker.py); the subjects, streams
-and bucket are in engine/nats_layout.py. This side:
+and bucket are in engine/nats_layout.py, reaching the broker (credentials, retries) in engine/nats_connect.py,
+the workers' heartbeats in engine/nats_heartbeat.py and their bookkeeping in bot/transport/nats_roster.py.
+This side:
 
 - publishes each job to the ``N.jobs`` work-queue stream with ``Nats-Msg-Id`` = job id, so a job
   published twice (a bot restarted mid-queue re-publishes what was running) is queued once;
@@ -27,24 +29,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bot.transport.nats_roster import WorkerRoster
+from engine.nats_connect import NatsAuth, connect_with_retry, redact, retry_until_stopped
+from engine.nats_heartbeat import read_heartbeat
 from engine.nats_layout import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_NAMESPACE,
-    HEADER_HEARTBEAT,
     HEADER_MSG_ID,
     HEADER_OBJECT,
-    HEADER_SLOTS,
-    HEADER_STATE,
-    STATE_LEAVING,
     Layout,
     inline_limit,
     pack,
-    redact,
     unpack,
 )
 from engine.protocol import (
@@ -58,7 +57,6 @@ from engine.protocol import (
     JobStarted,
     ProtocolError,
     Submit,
-    WorkerReady,
     decode,
     encode,
 )
@@ -73,18 +71,6 @@ log = logging.getLogger(__name__)
 
 _CLOSED = object()
 RESULTS_ACK_WAIT = 30.0  # extended while the JobManager saves a result's images; acked after that
-MISSED_HEARTBEATS = 3  # a worker silent for this many of its heartbeat intervals is gone
-
-
-@dataclass(slots=True)
-class _Seen:
-    ready: WorkerReady
-    slots: int
-    interval: float
-    last_seen: float
-
-    def expired(self, now: float) -> bool:
-        return now - self.last_seen > MISSED_HEARTBEATS * self.interval + 1.0
 
 
 @dataclass(slots=True)
@@ -103,8 +89,10 @@ class NatsTransport:
         namespace: str = DEFAULT_NAMESPACE,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         inline_limit: int | None = None,
+        auth: NatsAuth | None = None,
     ) -> None:
         self.url = url
+        self.auth = auth or NatsAuth()
         self.layout = Layout(namespace)
         self.lease_seconds = lease_seconds
         self._inline_limit = inline_limit
@@ -112,7 +100,8 @@ class NatsTransport:
         self._js: JetStreamContext | None = None
         self._store: ObjectStore | None = None
         self._ready = asyncio.Event()  # connected, streams in place
-        self._workers: dict[str, _Seen] = {}
+        self.roster = WorkerRoster()
+        self._bad_heartbeats: set[str] = set()
         # published (or being published), no result yet: job id -> its images (capacity is in images)
         self._inflight: dict[str, int] = {}
         self._request_objects: dict[str, str] = {}  # job id -> object holding its request body
@@ -120,7 +109,7 @@ class NatsTransport:
         self._publishing: dict[str, asyncio.Task[None]] = {}  # submits waiting for the broker
         self._events: asyncio.Queue[_Item | object] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._closing = asyncio.Event()
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -136,45 +125,27 @@ class NatsTransport:
         return task
 
     async def _connect_and_serve(self) -> None:
-        import nats
-
-        async def on_error(exc: Exception) -> None:
-            log.warning("NATS: %s", exc)
-
-        async def on_disconnect() -> None:
-            if not self._closing:
-                log.warning("NATS connection lost; reconnecting (workers keep their jobs)")
-
-        async def on_reconnect() -> None:
-            log.info("NATS connection back")
-            await self._ping()
-
-        while self._nc is None and not self._closing:
-            try:
-                self._nc = await nats.connect(
-                    self.url,
-                    name="imaginebot",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnect,
-                    reconnected_cb=on_reconnect,
-                )
-            except Exception as exc:
-                log.warning("cannot reach NATS at %s (%s); retrying in 2 s", redact(self.url), exc)
-                await asyncio.sleep(2)
-        nc = self._nc
+        nc = await connect_with_retry(
+            self.url,
+            self.auth,
+            name="imaginebot",
+            stop=self._closing,
+            lost="workers keep their jobs",
+            on_reconnect=self._ping,
+        )
         if nc is None:
             return
+        self._nc = nc
         js = nc.jetstream()
-        while self._store is None and not self._closing:
-            try:
-                self._store = await self.layout.ensure(js, lease=self.lease_seconds)
-                await self._ensure_results_consumer(js)
-            except Exception as exc:
-                log.warning("NATS JetStream not usable (%s); is the server run with -js? retrying", exc)
-                self._store = None
-                await asyncio.sleep(2)
+
+        async def setup() -> ObjectStore:
+            store = await self.layout.ensure(js, lease=self.lease_seconds)
+            await self._ensure_results_consumer(js)
+            return store
+
+        self._store = await retry_until_stopped(setup, self._closing)
+        if self._store is None:
+            return
         self._js = js
         await nc.subscribe(self.layout.heartbeat_subject, cb=self._on_heartbeat)
         await nc.subscribe(self.layout.events_filter, cb=self._on_live_event)
@@ -210,7 +181,7 @@ class NatsTransport:
                 await self._nc.publish(self.layout.ping_subject, b"")
 
     async def close(self) -> None:
-        self._closing = True
+        self._closing.set()
         for task in list(self._tasks) + list(self._publishing.values()):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._publishing.values(), return_exceptions=True)
@@ -222,51 +193,26 @@ class NatsTransport:
 
     # ------------------------------------------------------------------------------------- capacity
 
-    def _live_workers(self) -> list[_Seen]:
-        now = time.monotonic()
-        for worker_id, seen in list(self._workers.items()):
-            if seen.expired(now):
-                log.warning("engine worker %s stopped sending heartbeats; counting it gone", worker_id)
-                del self._workers[worker_id]
-        return list(self._workers.values())
-
     def free_slots(self) -> int:
         if not self._ready.is_set() or self._nc is None or not self._nc.is_connected:
             return 0
-        return max(0, sum(w.slots for w in self._live_workers()) - sum(self._inflight.values()))
+        return max(0, self.roster.slots() - sum(self._inflight.values()))
 
     def worker_count(self) -> int:
-        return len(self._live_workers())
+        return len(self.roster.live())
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
-            ready = decode(msg.data)
-        except ProtocolError:
+            beat = read_heartbeat(msg.data, msg.headers)
+        except ProtocolError as exc:
+            # Once per kind of fault: a misconfigured worker beats every few seconds.
+            if len(self._bad_heartbeats) < 100 and str(exc) not in self._bad_heartbeats:
+                self._bad_heartbeats.add(str(exc))
+                log.warning("bad worker heartbeat ignored: %s", exc)
             return
-        if not isinstance(ready, WorkerReady):
-            return
-        headers = msg.headers or {}
-        if headers.get(HEADER_STATE) == STATE_LEAVING:
-            if self._workers.pop(ready.worker_id, None) is not None:
-                log.info("engine worker %s is leaving", ready.worker_id)
-            return
-        try:
-            slots = max(0, int(headers.get(HEADER_SLOTS, 2 * ready.max_batch)))
-            interval = max(0.1, float(headers.get(HEADER_HEARTBEAT, 2.0)))
-        except ValueError:
-            return
-        previous = self._workers.get(ready.worker_id)
-        self._workers[ready.worker_id] = _Seen(ready, slots, interval, time.monotonic())
-        if previous is None or previous.slots != slots:
-            log.info(
-                "engine worker %s ready: %s on %s, %d slot(s)",
-                ready.worker_id,
-                ready.model,
-                ready.device,
-                slots,
-            )
+        if self.roster.heard(beat):
             # The JobManager dispatches after every event: this one tells it there is room now.
-            self._events.put_nowait(_Item(ready))
+            self._events.put_nowait(_Item(beat.ready))
 
     # --------------------------------------------------------------------------------------- submit
 
@@ -301,7 +247,7 @@ class NatsTransport:
     async def _publish_until_sent(self, request: GenerateRequest) -> None:
         try:
             delay = 1.0
-            while not self._closing:
+            while not self._closing.is_set():
                 await self._ready.wait()
                 if await self._publish(request):
                     return
@@ -338,7 +284,9 @@ class NatsTransport:
         except ProtocolError as exc:
             log.warning("bad progress message on %s dropped: %s", msg.subject, exc)
             return
-        if not isinstance(event, JobStarted | JobProgress):
+        if not isinstance(event, JobStarted | JobProgress) or msg.subject != self.layout.events_subject(
+            event.job_id
+        ):
             return
         if isinstance(event, JobStarted) and event.job_id in self._cancel_wanted:
             # The cancel went out before this worker held the job (it was still queued): send it again.
@@ -350,7 +298,7 @@ class NatsTransport:
         psub = await js.pull_subscribe_bind(
             durable=self.layout.results_consumer, stream=self.layout.results_stream
         )
-        while not self._closing:
+        while not self._closing.is_set():
             try:
                 msgs = await psub.fetch(1, timeout=5)
             except TimeoutError:
@@ -387,11 +335,23 @@ class NatsTransport:
             with contextlib.suppress(Exception):
                 await msg.term()
             return None
-        if not isinstance(event, JobDone | JobFailed | JobCancelled):
+        if not isinstance(event, JobDone | JobFailed | JobCancelled) or not self._own_result(
+            msg, event, object_name
+        ):
+            log.warning("result on %s that is not a result of its job dropped", msg.subject)
             with contextlib.suppress(Exception):
                 await msg.term()
             return None
         return _Item(event, msg, object_name, asyncio.Event())
+
+    def _own_result(
+        self, msg: Msg, event: JobDone | JobFailed | JobCancelled, object_name: str | None
+    ) -> bool:
+        """The result names the job of its subject, and its body is that job's result object (the object is
+        deleted once handled: it must not be another job's request)."""
+        if msg.subject != self.layout.results_subject(event.job_id):
+            return False
+        return object_name is None or object_name.startswith(f"results/{event.job_id}/")
 
     def _job_ended(self, job_id: str) -> None:
         self._inflight.pop(job_id, None)
