@@ -50,6 +50,12 @@ class Limits:
     max_pixels: int = 1024 * 1024
     max_count: int = 4
 
+    @classmethod
+    def table(cls) -> Limits:
+        """The loosest limits any guild may set: engine/bounds.py's. Resolving against these checks
+        everything that does not depend on who asks, where, without the database."""
+        return cls(max_steps=bounds.STEPS.hi, max_pixels=bounds.PIXELS.hi, max_count=bounds.COUNT.hi)
+
 
 @dataclass(frozen=True, slots=True)
 class Defaults:

@@ -13,9 +13,9 @@ from discord.ext import commands
 
 from bot.cogs.common import FriendlyErrors, lines_within, safe
 from bot.cogs.imagine._actions import REROLL_EMOJI, reroll_from_reaction
-from bot.cogs.imagine._submit import Origin, prepare
+from bot.cogs.imagine._submit import Origin, defaults_of, prepare
 from bot.cogs.imagine._views import JobButton
-from bot.jobs.policy import ASPECTS, Params, PolicyError, aspect_size, parse_flags
+from bot.jobs.policy import ASPECTS, Limits, Params, PolicyError, aspect_size, parse_flags, resolve
 from engine import bounds, pictures
 from engine import loras as lora_tags
 from engine.model_files import list_models
@@ -101,6 +101,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 strength=strength,
             )
             params = options.merged_over(flags)
+            resolve(params, defaults_of(self.bot), Limits.table())  # the table's bounds: pure and instant
         except PolicyError as exc:
             await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True)
             return

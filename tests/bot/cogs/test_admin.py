@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.bot.answers import refusal, settled, went_ahead
 from tests.bot.jobs.scripted import ScriptedTransport, scripted_bot, scripted_settings
 from tests.fakediscord.state import MANAGE_GUILD
 
@@ -49,6 +50,8 @@ async def run(world, name, options=None, *, user, guild=None, channel=None, **kw
     channel = channel or (world.chan_a if guild is world.a else world.chan_b)
     inter = await world.fake.invoke(name, options or {}, guild=guild, channel=channel, user=user, **kw)
     await inter.wait_response()
+    if name == "imagine":  # deferred before the database: refusals follow the defer (tests/bot/answers.py)
+        await settled(world.fake, inter)
     return inter
 
 
@@ -60,7 +63,7 @@ async def jobs_recorded(world, tmp_path, count):
 
 
 def text(inter):
-    return (inter.callbacks[0].get("data") or {}).get("content", "")
+    return refusal(inter) or (inter.callbacks[0].get("data") or {}).get("content", "")
 
 
 async def test_admin_commands_are_gated_by_discord_and_by_the_bot(world, bot_for, tmp_path):
@@ -111,7 +114,7 @@ async def test_an_admin_of_guild_a_cannot_change_guild_b(world, bot_for, tmp_pat
         assert "not in this server" in text(inter)
         # Guild B still has the bot defaults: Alice may not use 99 steps there.
         inter = await run(world, "imagine", {"prompt": "cat --steps 99"}, user=world.alice, guild=world.b)
-        assert inter.ephemeral and "between 1 and 50" in text(inter)
+        assert refusal(inter) and "between 1 and 50" in text(inter)
     rows = (
         db(tmp_path).execute("select guild_id, scope, target_id, name, value from limit_overrides").fetchall()
     )
@@ -127,9 +130,9 @@ async def test_a_role_override_beats_the_guild_default(world, bot_for, tmp_path)
             inter = await run(world, "limits", options, user=world.admin, subcommand="set")
             assert "✅" in text(inter), text(inter)
         refused = await run(world, "imagine", {"prompt": "a fox", "steps": 30}, user=world.alice)
-        assert refused.ephemeral and "between 1 and 10" in text(refused)
+        assert refusal(refused) and "between 1 and 10" in text(refused)
         accepted = await run(world, "imagine", {"prompt": "a fox", "steps": 30}, user=world.bob)
-        assert accepted.deferred and not accepted.ephemeral
+        assert went_ahead(accepted)
         await jobs_recorded(world, tmp_path, 1)
         shown = await run(world, "limits", {"user": world.bob}, user=world.admin, subcommand="show")
         assert "`max_steps` **40** · role" in text(shown)
@@ -146,15 +149,15 @@ async def test_reaching_the_daily_quota_is_refused_with_the_reset_time(world, bo
             world, "limits", {"setting": "daily_images", "value": 6}, user=world.admin, subcommand="set"
         )
         first = await run(world, "imagine", {"prompt": "a boat", "count": 4}, user=world.alice)
-        assert first.deferred
+        assert went_ahead(first)
         second = await run(world, "imagine", {"prompt": "a boat", "count": 4}, user=world.alice)
-        assert second.ephemeral
+        assert refusal(second)
         assert "2 of 6 left today (`daily_images`)" in text(second) and "00:00 UTC (<t:" in text(second)
         third = await run(world, "imagine", {"prompt": "a boat", "count": 2}, user=world.alice)
-        assert third.deferred
+        assert went_ahead(third)
         last = await run(world, "imagine", {"prompt": "a boat", "count": 1}, user=world.alice)
         assert (
-            last.ephemeral
+            refusal(last)
             and "used all 6 of your images for today" in text(last)
             and "00:00 UTC" in text(last)
         )
@@ -174,17 +177,17 @@ async def test_a_blocked_term_with_odd_unicode_is_caught(world, bot_for, tmp_pat
         assert bad.ephemeral and "repeats a group" in text(bad)
         for prompt in ("a scene full of ｇ\u200bо\u0301ʀe", "GŌRE!!"):
             inter = await run(world, "imagine", {"prompt": prompt}, user=world.alice)
-            assert inter.ephemeral and "`Gore`" in text(inter) and "blocklist" in text(inter), text(inter)
+            assert refusal(inter) and "`Gore`" in text(inter) and "blocklist" in text(inter), text(inter)
         inter = await run(world, "imagine", {"prompt": "a cat", "negative": "gore"}, user=world.alice)
-        assert inter.ephemeral and "negative prompt" in text(inter)
+        assert refusal(inter) and "negative prompt" in text(inter)
         ok = await run(world, "imagine", {"prompt": "Gregory the gorilla"}, user=world.alice)
-        assert ok.deferred
+        assert went_ahead(ok)
         listed = await run(world, "blocklist", {}, user=world.admin, subcommand="list")
         assert "`Gore`" in text(listed)
         removed = await run(world, "blocklist", {"term": "Gore"}, user=world.admin, subcommand="remove")
         assert "no longer blocked" in text(removed)
         inter = await run(world, "imagine", {"prompt": "gore"}, user=world.alice)
-        assert inter.deferred
+        assert went_ahead(inter)
         await jobs_recorded(world, tmp_path, 2)
     audit = db(tmp_path).execute("select action, old_value, new_value from audit_log order by id").fetchall()
     assert audit == [("blocklist.add", None, "Gore"), ("blocklist.remove", "Gore", None)]
@@ -193,17 +196,17 @@ async def test_a_blocked_term_with_odd_unicode_is_caught(world, bot_for, tmp_pat
 async def test_ban_and_unban(world, bot_for, tmp_path):
     async with bot_for():
         queued = await run(world, "imagine", {"prompt": "a lamp"}, user=world.alice)
-        assert queued.deferred
+        assert went_ahead(queued)
         await jobs_recorded(world, tmp_path, 1)
         banned = await run(world, "ban", {"user": world.alice, "reason": "spam"}, user=world.admin)
         assert "Banned" in text(banned) and "cancelled 1" in text(banned)
         inter = await run(world, "imagine", {"prompt": "a lamp"}, user=world.alice)
-        assert inter.ephemeral and "banned" in text(inter) and "spam" in text(inter)
+        assert refusal(inter) and "banned" in text(inter) and "spam" in text(inter)
         elsewhere = await run(world, "imagine", {"prompt": "a lamp"}, user=world.alice, guild=world.b)
-        assert elsewhere.deferred  # the ban is guild A's
+        assert went_ahead(elsewhere)  # the ban is guild A's
         unbanned = await run(world, "unban", {"user": world.alice}, user=world.admin)
         assert "again" in text(unbanned)
-        assert (await run(world, "imagine", {"prompt": "a lamp"}, user=world.alice)).deferred
+        assert went_ahead(await run(world, "imagine", {"prompt": "a lamp"}, user=world.alice))
         await jobs_recorded(world, tmp_path, 3)
     con = db(tmp_path)
     assert con.execute("select action, actor_id from audit_log order by id").fetchall() == [
@@ -216,7 +219,7 @@ async def test_ban_and_unban(world, bot_for, tmp_path):
 async def test_queue_and_cancel(world, bot_for, tmp_path):
     async with bot_for(DEFAULT_QUEUED_JOBS=5):
         for user in (world.alice, world.alice, world.bob):
-            assert (await run(world, "imagine", {"prompt": f"{user.username}'s dragon"}, user=user)).deferred
+            assert went_ahead(await run(world, "imagine", {"prompt": f"{user.username}'s dragon"}, user=user))
         await jobs_recorded(world, tmp_path, 3)
         job_ids = [r[0] for r in db(tmp_path).execute("select id, user_id from jobs order by created_at")]
         queue = await run(world, "queue", {}, user=world.admin)

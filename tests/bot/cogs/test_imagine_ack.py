@@ -99,6 +99,19 @@ async def test_pictures_over_the_limits_are_refused_privately_naming_the_limit(
             "imagine", {"prompt": "a cat --model nope"}, guild=guild, channel=channel, user=alice
         )
         assert "no model called `nope`" in await _refused_privately(fake, unknown, channel)
+
+        # Checks that need no download or database answer at once, without a defer: issue #11.1's flag.
+        flag = await fake.invoke(
+            "imagine",
+            {"prompt": "a cat --strength 0.00000001"},
+            guild=guild,
+            channel=channel,
+            user=alice,
+            attachments={"image": ("cat.png", _png(Image.new("RGB", (64, 64))), "image/png")},
+        )
+        await flag.wait_response()
+        assert flag.ephemeral and not flag.deferred
+        assert "Strength must be between 0.05 and 1" in flag.callbacks[0]["data"]["content"]
     assert _jobs(tmp_path) == []  # nothing half-written
 
 
