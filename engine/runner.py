@@ -35,10 +35,11 @@ from PIL import Image
 
 from engine import bounds, devices, loading, prompts
 from engine import loras as loras_mod
-from engine.jobs import Emit, Job, JobBook, safe_emit
+from engine.jobs import Emit, Job, JobBook
 from engine.model_slot import ModelSlot
 from engine.pngs import PngEncoder, png_parameters
 from engine.preview import Previewer
+from engine.progress import Interrupted, StepProgress
 from engine.protocol import (
     DEFAULT_SAMPLER,
     Event,
@@ -47,7 +48,6 @@ from engine.protocol import (
     JobDone,
     JobFailed,
     JobKind,
-    JobProgress,
 )
 from engine.requests import RequestError, prepare_job
 from engine.safety import SafetyChecker
@@ -59,10 +59,6 @@ log = logging.getLogger(__name__)
 
 TILING_ABOVE_PIXELS = 1024 * 1024  # VAE tiling for larger images (an upscaled 1024x1024 is still untiled)
 OOM_TEST_ENV = "ENGINE_TEST_OOM_ABOVE"
-
-
-class _Interrupted(Exception):
-    """Raised from the step callback to stop a pipeline call whose jobs were all cancelled."""
 
 
 class Runner:
@@ -230,7 +226,7 @@ class Runner:
         try:
             images = self._call_pipeline(items, emit)
             flags = self._safety_check(items, images)
-        except _Interrupted:
+        except Interrupted:
             return
         except Exception as exc:
             for job, steps in progress_before.items():
@@ -291,12 +287,6 @@ class Runner:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (test hook: {n} images > {OOM_TEST_ENV}={self.oom_above})"
             )
-        jobs = list(dict.fromkeys(job for job, _ in items))
-        first_pos: dict[Job, int] = {}
-        per_job = dict.fromkeys(jobs, 0)
-        for pos, (job, _) in enumerate(items):
-            first_pos.setdefault(job, pos)
-            per_job[job] += 1
         generators = [torch.Generator("cpu").manual_seed(job.request.seeds[i]) for job, i in items]
         kwargs: dict[str, Any] = {
             "prompt": [job.prompt for job, _ in items],
@@ -330,34 +320,9 @@ class Runner:
         else:
             pipe.vae.disable_tiling()
 
-        def on_step(p: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
-            if self._abort:
-                raise _Interrupted
-            total = max(1, int(p.num_timesteps))
-            latents = kw["latents"]
-            live = 0
-            for job in jobs:
-                if self.jobs.settle(job, emit):
-                    continue
-                live += 1
-                job.image_steps += per_job[job]
-                step = min(total, job.image_steps // job.request.count)
-                if step <= job.last_step:
-                    continue
-                job.last_step = step
-                preview = None
-                every = job.request.preview_every
-                if every > 0 and step % every == 0 and step < total:
-                    try:
-                        preview = self.previewer.preview(latents[first_pos[job]])
-                    except Exception:
-                        log.exception("preview failed")
-                safe_emit(emit, JobProgress(job.job_id, step, total, preview))
-            if live == 0:
-                raise _Interrupted
-            return {}
-
-        kwargs["callback_on_step_end"] = on_step
+        kwargs["callback_on_step_end"] = StepProgress(
+            self.jobs, items, emit, self.previewer.preview, lambda: self._abort
+        )
         out = pipe(**kwargs)
         return list(out.images)
 
