@@ -64,7 +64,10 @@ def make_transport(settings: Settings) -> Transport:
         from bot.transport.nats import NatsTransport
 
         return NatsTransport(
-            settings.nats_url, namespace=settings.nats_namespace, lease_seconds=settings.nats_lease_seconds
+            settings.nats_url,
+            namespace=settings.nats_namespace,
+            lease_seconds=settings.nats_lease_seconds,
+            auth=settings.nats_auth,
         )  # workers: python -m engine serve --nats URL
     raise NotImplementedError(f"ENGINE_TRANSPORT={settings.engine_transport} is not available yet")
 

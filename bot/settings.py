@@ -17,6 +17,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from engine import bounds
+from engine.nats_connect import NatsAuth, NatsConfigError, broker, check_url
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg"
@@ -219,7 +220,11 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("ENGINE_MAX_BATCH", _int(1, 64), "4", "Most images one UNet batch runs together"),
     Spec("ENGINE_ARGS", _str, "", "Extra flags for each engine worker, e.g. --compile or --cpu-offload"),
-    Spec("NATS_URL", _url("nats", "tls"), "nats://127.0.0.1:4222", "NATS server URL (nats transport)"),
+    Spec("NATS_URL", check_url, "nats://127.0.0.1:4222", "NATS server URL (nats transport; tls:// for TLS)"),
+    Spec("NATS_USER", _str, "", "NATS user name (with NATS_PASSWORD), if the server asks for one"),
+    Spec("NATS_PASSWORD", _secret, "", "NATS password of NATS_USER"),
+    Spec("NATS_TOKEN", _secret, "", "NATS token, if the server asks for a token instead"),
+    Spec("NATS_CREDS", _str, "", "NATS .creds file or nkey seed file, for servers set up with nsc or nkeys"),
     Spec("NATS_NAMESPACE", _namespace, "imagine", "Prefix of NATS subjects and streams"),
     Spec("NATS_LEASE_SECONDS", _int(5, 3600), "30", "Seconds until a dead worker's job is requeued"),
     Spec("DEFAULT_STEPS", _int(bounds.STEPS.lo, bounds.STEPS.hi), "20", "Steps when the user gives none"),
@@ -278,6 +283,7 @@ class Settings:
     nats_url: str
     nats_namespace: str
     nats_lease_seconds: int
+    nats_auth: NatsAuth  # its repr shows no secret; the URL above never holds one
     default_steps: int
     default_cfg: float
     default_sampler: str
@@ -343,6 +349,16 @@ class Settings:
         lora_dir = Path(p["LORA_DIR"]).expanduser() if p["LORA_DIR"] else None
         if lora_dir is not None and not lora_dir.is_dir():
             raise SettingsError(f"LORA_DIR: {lora_dir} is not a folder")
+        credentials = {
+            "NATS_USER": p["NATS_USER"],
+            "NATS_PASSWORD": p["NATS_PASSWORD"].get(),
+            "NATS_TOKEN": p["NATS_TOKEN"].get(),
+            "NATS_CREDS": p["NATS_CREDS"],
+        }
+        try:
+            nats_url, nats_auth = broker(p["NATS_URL"], credentials)
+        except NatsConfigError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(
             discord_token=p["DISCORD_TOKEN"],
             discord_api_base=p["DISCORD_API_BASE"],
@@ -361,9 +377,10 @@ class Settings:
             engine_workers=p["ENGINE_WORKERS"],
             engine_max_batch=p["ENGINE_MAX_BATCH"],
             engine_args=tuple(p["ENGINE_ARGS"].split()),
-            nats_url=p["NATS_URL"],
+            nats_url=nats_url,
             nats_namespace=p["NATS_NAMESPACE"],
             nats_lease_seconds=p["NATS_LEASE_SECONDS"],
+            nats_auth=nats_auth,
             default_steps=p["DEFAULT_STEPS"],
             default_cfg=cfg,
             default_sampler=p["DEFAULT_SAMPLER"],

