@@ -1,9 +1,11 @@
-"""``python -m bot``: read settings (.env), then run the bot until Ctrl-C."""
+"""``python -m bot``: read settings (.env), then run the bot until Ctrl-C or SIGTERM (exit status 0; 1 for
+a bad token or a crash, 2 for bad settings, 3 when shutdown overran its bound: bot/shutdown.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from bot.settings import Settings, SettingsError
@@ -14,21 +16,51 @@ TOKEN_HELP = (
 )
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings) -> int:
+    """Run the bot until SIGINT (Ctrl-C) or SIGTERM, then stop it within bot/shutdown.py's bounds."""
     import discord
 
+    from bot import shutdown
     from bot.client import ImagineBot, point_at
 
+    log = logging.getLogger("bot")
     point_at(settings)
     bot = ImagineBot(settings)
-    async with bot:
-        try:
-            await bot.start(settings.discord_token.get())
-        except discord.LoginFailure:
-            logging.getLogger("bot").error(
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    watchdog = shutdown.Watchdog()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():  # a second Ctrl-C: the user does not want to wait for the phases
+            log.warning("%s again: leaving now", signal.Signals(signum).name)
+            shutdown.force_exit(130)
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        watchdog.arm()  # from here on the process ends within PROCESS_LIMIT, whatever hangs
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    running = asyncio.create_task(bot.start(settings.discord_token.get()), name="discord")
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watchdog.arm()
+        stopping.cancel()
+        await bot.close()
+        # bot.start returns once the client is closed; a stuck connect must not hold the exit.
+        if not running.done():
+            await asyncio.wait({running}, timeout=shutdown.DISCORD_LIMIT)
+            running.cancel()
+    if running.done() and not running.cancelled() and running.exception() is not None:
+        if isinstance(running.exception(), discord.LoginFailure):
+            log.error(
                 "Discord refused DISCORD_TOKEN; reset the token in the developer portal and update .env."
             )
-            raise SystemExit(1) from None
+            return 1
+        log.error("the bot stopped on an error", exc_info=running.exception())
+        return 1
+    return 0
 
 
 def main() -> None:
@@ -41,10 +73,9 @@ def main() -> None:
     from bot.logs import setup_logging
 
     setup_logging(settings.log_level, settings.discord_token.get())
-    try:
-        asyncio.run(_run(settings))
-    except KeyboardInterrupt:
-        pass
+    code = asyncio.run(_run(settings))
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import discord
 import yarl
 from discord.ext import commands
 
+from bot import shutdown
 from bot.db import Database
 from bot.db.jobs import JobStore
 from bot.db.moderation import ModerationStore
@@ -91,6 +93,7 @@ class ImagineBot(commands.Bot):
         )
         self.admission = Admission(ModerationStore(self.db.sessions), settings)
         self.usage = UsageStore(self.db.sessions)
+        self._stopping: asyncio.Future[None] | None = None
 
     async def setup_hook(self) -> None:
         await self.db.migrate()
@@ -122,8 +125,14 @@ class ImagineBot(commands.Bot):
         log.info("invite me: %s", url)
 
     async def close(self) -> None:
-        try:
-            await self.jobs.close()
-        finally:
-            await super().close()
-            await self.db.close()
+        """Stop in order, each phase within its own bound (bot/shutdown.py): the JobManager and its engine
+        workers (no new results), then Discord (no more posting), then the database (nothing left to write).
+        A second call waits for the first."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop_in_phases())
+        await asyncio.shield(self._stopping)
+
+    async def _stop_in_phases(self) -> None:
+        await shutdown.bounded("jobs and engine workers", self.jobs.close(), shutdown.ENGINE_LIMIT)
+        await shutdown.bounded("discord", super().close(), shutdown.DISCORD_LIMIT)
+        await shutdown.bounded("database", self.db.close(), shutdown.DATABASE_LIMIT)

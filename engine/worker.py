@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import IO, Any
@@ -206,6 +207,11 @@ def runner_from_args(args: Any, worker_id: str) -> Any:
 
 def run_worker(args: Any) -> int:
     """Entry point of ``python -m engine worker`` (``args`` from the CLI parser)."""
+    if not sys.stdin.isatty():
+        # Driven by the bot, which stops its workers itself (Shutdown, then the end of stdin). A Ctrl-C in
+        # the bot's terminal reaches the whole process group: a worker dying of KeyboardInterrupt mid-batch
+        # would leave its jobs unreported and its traceback in the bot's log. (By hand, Ctrl-C still works.)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = claim_stdout()
     logging.basicConfig(
         level=os.environ.get("ENGINE_LOG_LEVEL", "INFO").upper(),

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from bot.shutdown import WORKER_GRACE
 from engine.protocol import (
     Cancel,
     Event,
@@ -232,27 +233,40 @@ class LocalTransport:
                 return
             yield item  # type: ignore[misc]
 
-    async def close(self, grace: float = 10.0) -> None:
+    async def close(self, grace: float = WORKER_GRACE) -> None:
+        """Stop every worker at once, each within ``grace`` seconds (then killed).
+
+        A ready worker gets ``Shutdown`` and the end of its input: its running batch stops at the next
+        step, what is already rendered goes out, the rest comes back as retryable failures. A worker still
+        loading its model reads no input until it is loaded (minutes, for a first download), so it is
+        terminated instead: it holds no jobs."""
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*(self._stop(worker, grace) for worker in self._workers))
         for worker in self._workers:
-            proc = worker.proc
-            if proc is None or proc.returncode is not None:
-                continue
-            await self._send(worker, Shutdown())
+            if worker.reader is not None:  # the last frames of a stopped worker, then its exit
+                await asyncio.wait({worker.reader}, timeout=2.0)
+                worker.reader.cancel()
+        self._events.put_nowait(_CLOSED)
+
+    async def _stop(self, worker: _Worker, grace: float) -> None:
+        proc = worker.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if worker.ready:
+            with contextlib.suppress(TimeoutError):  # a full pipe must not hold the shutdown
+                await asyncio.wait_for(self._send(worker, Shutdown()), grace)
             with contextlib.suppress(Exception):
                 if proc.stdin is not None:
                     proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                log.warning("engine worker %s did not stop in %.0f s; killing it", worker.worker_id, grace)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        for worker in self._workers:
-            if worker.reader is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(worker.reader, 5)
-        self._events.put_nowait(_CLOSED)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            log.warning("engine worker %s did not stop in %.0f s; killing it", worker.worker_id, grace)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
