@@ -2,8 +2,9 @@ import sqlite3
 
 import pytest
 
-from bot.db import Database, Job, JobState
+from bot.db import Database, JobState
 from bot.db.jobs import JobStore, SavedImage
+from tests.bot.jobrows import new_job
 
 
 @pytest.fixture
@@ -15,22 +16,9 @@ async def store(tmp_path):
 
 
 def _job(job_id="j1", **kw):
-    base = dict(
-        id=job_id,
-        guild_id=10,
-        channel_id=20,
-        user_id=30,
-        prompt="cat",
-        seed=1,
-        steps=2,
-        cfg_scale=7.0,
-        sampler="Euler",
-        width=64,
-        height=64,
-        count=2,
+    return new_job(
+        **{"id": job_id, "guild_id": 10, "channel_id": 20, "user_id": 30, "prompt": "cat", "count": 2, **kw}
     )
-    base.update(kw)
-    return Job(**base)
 
 
 async def test_migrations_create_every_table_and_are_idempotent(tmp_path):

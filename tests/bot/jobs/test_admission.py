@@ -7,13 +7,14 @@ import datetime as dt
 
 import pytest
 
-from bot.db import Database, Job
+from bot.db import Database
 from bot.db.jobs import JobStore, SavedImage
 from bot.db.moderation import ModerationStore
 from bot.jobs.admission import GUILD_ACTIVE_WINDOW, RESERVATION_TTL, Admission
 from bot.jobs.limits import LimitName, Scope
 from bot.jobs.policy import Defaults, Params, PolicyError
 from bot.settings import Settings
+from tests.bot.jobrows import new_job
 
 GUILD, OTHER_GUILD, ADMIN = 1000, 2000, 1
 NOON = dt.datetime(2026, 5, 4, 12, 0, tzinfo=dt.UTC)
@@ -59,26 +60,16 @@ async def admit(admission, who=None, prompt="a cat", **params):
 
 async def add_job(env, admitted, who=None, created=NOON, **kw):
     who = who or Who()
-    job = Job(
-        id=admitted.job_id if admitted else None,
+    fields = {"id": admitted.job_id} if admitted else {}
+    job = new_job(
+        **fields,
         guild_id=who.guild_id,
         channel_id=5,
         user_id=who.user_id,
         prompt="x",
-        seed=1,
-        steps=2,
-        cfg_scale=7.0,
-        sampler="Euler",
-        width=64,
-        height=64,
-        count=kw.pop("count", 1),
         created_at=created,
         **kw,
     )
-    if job.id is None:
-        import uuid
-
-        job.id = uuid.uuid4().hex
     await JobStore(env.sessions).create(job)
     return job
 

@@ -1,14 +1,15 @@
 """The real JobManager and database with a scripted transport: the order jobs reach the engine."""
 
 import asyncio
-import uuid
 
 import pytest
 
 from bot.db import Database, Job
 from bot.db.jobs import JobStore
 from bot.jobs.manager import JobManager
+from tests.bot.jobrows import new_job
 from tests.bot.jobs.scripted import ScriptedTransport
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -24,20 +25,8 @@ async def world(tmp_path):
 
 
 def job(user_id: int, priority: int = 0, guild_id: int | None = 1) -> Job:
-    return Job(
-        id=uuid.uuid4().hex,
-        guild_id=guild_id,
-        channel_id=2,
-        user_id=user_id,
-        prompt=f"from {user_id}",
-        seed=1,
-        steps=2,
-        cfg_scale=7.0,
-        sampler="Euler",
-        width=64,
-        height=64,
-        count=1,
-        priority=priority,
+    return new_job(
+        user_id=user_id, priority=priority, guild_id=guild_id, channel_id=2, prompt=f"from {user_id}"
     )
 
 
@@ -46,16 +35,10 @@ async def run_one_at_a_time(manager, transport, total):
     transport.open(1)
     # A slot opened without an engine event: nudge the manager as a worker's next event would.
     await manager._dispatch()
-    for _ in range(total):
-        for _ in range(200):
-            if transport.inflight:
-                break
-            await asyncio.sleep(0.01)
+    for n in range(total):
+        await wait_until(lambda: bool(transport.inflight), f"job {n + 1} of {total} to reach the engine")
         transport.finish(next(iter(transport.inflight)))
-    for _ in range(500):
-        if not manager.active_jobs():
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not manager.active_jobs(), "every job to finish")
     return [r.prompt for r in transport.submitted]
 
 
