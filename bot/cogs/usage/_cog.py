@@ -17,8 +17,17 @@ from bot.jobs.policy import PolicyError
 WAIT_WINDOW = dt.timedelta(days=7)  # the average wait in /stats covers jobs of the last week
 
 
+def counted(n: int, noun: str, *, bold: bool = False) -> str:
+    """``1 image``, ``2 images``, ``1,000 images`` (the number in bold on request)."""
+    number = f"**{n:,}**" if bold else f"{n:,}"
+    return f"{number} {noun}{'' if n == 1 else 's'}"
+
+
 def totals(t: Totals) -> str:
-    return f"**{t.images:,}** images in {t.jobs:,} jobs · {seconds(t.engine_seconds)} of engine time"
+    return (
+        f"{counted(t.images, 'image', bold=True)} in {counted(t.jobs, 'job')} · "
+        f"{seconds(t.engine_seconds)} of engine time"
+    )
 
 
 class UsageCog(FriendlyErrors):
@@ -50,8 +59,8 @@ class UsageCog(FriendlyErrors):
         ]
         if activity.active_jobs:
             lines.append(
-                f"Queued or running now: {activity.active_jobs} job{'s' if activity.active_jobs != 1 else ''}"
-                f" ({activity.active_images} images)."
+                f"Queued or running now: {counted(activity.active_jobs, 'job')}"
+                f" ({counted(activity.active_images, 'image')})."
             )
         await reply(interaction, "\n".join(lines))
 
@@ -70,7 +79,7 @@ class UsageCog(FriendlyErrors):
         wait = seconds(stats.average_wait) if stats.average_wait is not None else "no jobs yet"
         lines = [
             f"**Stats for {interaction.guild.name if interaction.guild else 'this server'}**",
-            f"All time: {totals(stats.all_time)} · {stats.users:,} members made pictures",
+            f"All time: {totals(stats.all_time)} · {counted(stats.users, 'member')} made pictures",
             f"Today: {totals(stats.today)}",
             f"Average wait before a job starts (last 7 days): {wait}",
             f"Failed: {stats.failed:,} · cancelled: {stats.cancelled:,}",
@@ -79,6 +88,9 @@ class UsageCog(FriendlyErrors):
         ]
         if stats.top:
             lines.append("**Top users**")
-            lines += [f"{i}. <@{u.user_id}> — {u.images:,} images" for i, u in enumerate(stats.top, start=1)]
+            lines += [
+                f"{i}. <@{u.user_id}> — {counted(u.images, 'image')}"
+                for i, u in enumerate(stats.top, start=1)
+            ]
         lines.append(f"_As of {stamp(now, 'f')}._")
         await reply(interaction, lines_within(lines), ephemeral=False)

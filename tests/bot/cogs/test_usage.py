@@ -65,7 +65,8 @@ async def test_usage_and_stats(world, tmp_path):
         nosy = await run(world, "usage", {"user": world.member}, user=world.carol)
         assert nosy.ephemeral and "Only this server's admins" in text(nosy)
         checked = await run(world, "usage", {"user": world.carol}, user=world.admin)
-        assert f"Usage for <@{world.carol.id}>" in text(checked) and "Today: **1** images" in text(checked)
+        assert f"Usage for <@{world.carol.id}>" in text(checked)
+        assert "Today: **1** image in 1 job ·" in text(checked)  # one of each: no plural
 
         stats = await run(world, "stats", user=world.carol)
         body = text(stats)
@@ -74,7 +75,7 @@ async def test_usage_and_stats(world, tmp_path):
         assert "Average wait before a job starts (last 7 days): " in body and "no jobs yet" not in body
         assert "Queue now: 0 running and 0 waiting here" in body
         top = body.split("**Top users**")[1]
-        assert top.index(f"<@{world.member.id}> — 6 images") < top.index(f"<@{world.carol.id}> — 1 images")
+        assert top.index(f"<@{world.member.id}> — 6 images") < top.index(f"<@{world.carol.id}> — 1 image\n")
         # Mentions in /stats are shown, never pinged.
         assert stats.callbacks[0]["data"]["allowed_mentions"]["parse"] == []
 
