@@ -5,7 +5,9 @@ through the object store, the load-simulation runner, and a job that keeps killi
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import nats
@@ -13,7 +15,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from bot.transport.nats import NatsTransport
-from engine.nats_layout import HEADER_MSG_ID, Layout
+from engine.nats_layout import HEADER_MSG_ID, HEADER_OBJECT, MAX_OBJECT_BYTES, BlobError, Layout, pack, unpack
 from engine.nats_worker import NatsWorker
 from engine.pnginfo import read_png_parameters
 from engine.protocol import (
@@ -67,6 +69,70 @@ async def stored_objects(url: str, namespace: str) -> list[str]:
         await nc.close()
 
 
+class Deletions:
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = asyncio.Condition()
+
+    async def wait_for(self, count: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.count >= count)
+
+
+@contextlib.asynccontextmanager
+async def object_deletions(url: str, namespace: str) -> AsyncIterator[Deletions]:
+    """Counts objects deleted from the namespace's bucket, as they happen: a deletion is a metadata message
+    marked deleted on the bucket's ``$O.<bucket>.M.*`` subjects."""
+    deletions = Deletions()
+    nc = await nats.connect(url)
+
+    async def on_meta(msg) -> None:
+        if json.loads(msg.data).get("deleted"):
+            async with deletions.changed:
+                deletions.count += 1
+                deletions.changed.notify_all()
+
+    await nc.subscribe(f"$O.{Layout(namespace).bucket}.M.*", cb=on_meta)
+    try:
+        yield deletions
+    finally:
+        await nc.close()
+
+
+async def test_objects_over_the_cap_links_and_foreign_names_are_never_read(nats_server, nats_namespace):
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        store = await Layout(nats_namespace).ensure(js)
+        await store.put("results/j/w", b"x" * 2000)
+        await store.put("elsewhere", b"y")
+        # A link, as a NATS client that has them writes it (nats-py cannot): metadata naming another object.
+        bucket = Layout(nats_namespace).bucket
+        link = {"name": "results/link/w", "bucket": bucket, "nuid": "x", "size": 0, "chunks": 0,
+                "options": {"link": {"bucket": "another-bucket", "name": "secret"}}}  # fmt: skip
+        encoded = base64.urlsafe_b64encode(b"results/link/w").decode()
+        await js.publish(
+            f"$O.{bucket}.M.{encoded}", json.dumps(link).encode(), headers={"Nats-Rollup": "sub"}
+        )
+
+        async def read(name: str, cap: int = MAX_OBJECT_BYTES) -> bytes:
+            body, _ = await unpack(store, b"", {HEADER_OBJECT: name}, cap)
+            return body
+
+        assert await read("results/j/w") == b"x" * 2000
+        with pytest.raises(BlobError, match="2000 bytes"):
+            await read("results/j/w", cap=1000)
+        with pytest.raises(BlobError, match="link"):
+            await read("results/link/w")
+        with pytest.raises(BlobError, match="not one of ours"):
+            await read("elsewhere")
+        # What a worker cannot send whole, it does not try to (the bot would refuse it).
+        with pytest.raises(BlobError, match="over the object limit"):
+            await pack(store, "results/big/w", b"\0" * (MAX_OBJECT_BYTES + 1), 1024, {})
+    finally:
+        await nc.close()
+
+
 async def test_tiny_model_worker_serves_a_job(nats_server, nats_namespace, spawn_worker, tiny_model):
     worker = spawn_worker(
         nats_server.url,
@@ -114,7 +180,7 @@ async def test_bodies_over_the_limit_go_through_the_object_store(nats_server, na
     await transport.start()
     events = transport.events()
     try:
-        async with in_process_worker(worker):
+        async with in_process_worker(worker), object_deletions(nats_server.url, nats_namespace) as deleted:
             await next_of(events, WorkerReady)
             init = simulated_png(GenerateRequest("x", "init", width=256, height=256), 3)
             request = GenerateRequest("big1", "a boat", kind="img2img", init_image=init, steps=3, width=256,
@@ -124,12 +190,10 @@ async def test_bodies_over_the_limit_go_through_the_object_store(nats_server, na
             done = await next_of(events, JobDone)
             assert done.job_id == "big1" and [i.seed for i in done.images] == [11, 12]
             assert all(i.png.startswith(b"\x89PNG") for i in done.images)
-            # Asking for the next event says "handled": the transport acks and deletes both objects.
+            # The request's object goes once its result is in; asking for the next event says "handled":
+            # the transport acks the result and deletes its object.
             handled = asyncio.ensure_future(anext(events, None))
-            for _ in range(50):
-                if not await stored_objects(nats_server.url, nats_namespace):
-                    break
-                await asyncio.sleep(0.1)
+            await asyncio.wait_for(deleted.wait_for(2), 15)
             assert await stored_objects(nats_server.url, nats_namespace) == []
     finally:
         await transport.close()

@@ -23,9 +23,11 @@ from bot.db.jobs import JobStore
 from bot.jobs.events import JobDispatched, JobFinished
 from bot.jobs.manager import JobManager
 from bot.transport.nats import NatsTransport
-from engine.nats_layout import Layout
-from engine.protocol import GenerateRequest, JobDone, WorkerReady, decode
+from engine.nats_heartbeat import HEADER_HEARTBEAT, HEADER_SLOTS, STATE_READY, heartbeat_message
+from engine.nats_layout import HEADER_MSG_ID, HEADER_OBJECT, Layout
+from engine.protocol import GenerateRequest, ImageResult, JobDone, WorkerReady, decode, encode
 from engine.protocol import JobStarted as EngineJobStarted
+from tests.test_protocol import forged as forged_frame
 
 from .conftest import worker_logs
 
@@ -306,6 +308,74 @@ async def test_bot_killed_mid_queue_and_restarted_loses_nothing(fake_discord, tm
     )  # fmt: skip
     assert posted == Counter({job_id: 1 for job_id, _ in jobs}), posted
     assert query(db_path, "select count(*), count(distinct job_id) from usage") == [(total, total)]
+
+
+async def test_forged_heartbeats_release_no_jobs(nats_server, nats_namespace):
+    layout = Layout(nats_namespace)
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=5)
+    nc = await nats.connect(nats_server.url)
+    pinged = asyncio.Event()
+
+    async def on_ping(msg) -> None:
+        pinged.set()
+
+    await nc.subscribe(layout.ping_subject, cb=on_ping)
+    await transport.start()
+    events = transport.events()
+    try:
+        await asyncio.wait_for(pinged.wait(), 30)  # the transport listens to heartbeats, then pings
+        forged = [
+            ("greedy", {HEADER_SLOTS: "1000000000"}),  # would release the whole queue to it
+            ("immortal", {HEADER_HEARTBEAT: "1e9"}),  # would stay counted long after it died
+            ("w\nfake log line", {}),
+        ]
+        for worker_id, headers in forged:
+            await nc.publish(
+                layout.heartbeat_subject, encode(WorkerReady(worker_id, "m", "cpu", 1)), headers=headers
+            )
+        body, headers = heartbeat_message(WorkerReady("honest", "m", "cpu", 1), 2, 1.0, STATE_READY)
+        await nc.publish(layout.heartbeat_subject, body, headers=headers)
+        # Published after the forged ones on one connection: heard after them.
+        ready = await asyncio.wait_for(anext(events), 30)
+        assert isinstance(ready, WorkerReady) and ready.worker_id == "honest"
+        assert transport.worker_count() == 1 and transport.free_slots() == 2
+    finally:
+        await nc.close()
+        await transport.close()
+
+
+async def test_forged_results_never_reach_the_manager(nats_server, nats_namespace):
+    layout = Layout(nats_namespace)
+    nc = await nats.connect(nats_server.url)
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=5)
+    try:
+        js = nc.jetstream()
+        store = await layout.ensure(js)
+        await store.put("requests/other", b"another job's request")
+        png = ImageResult(0, 1, b"\x89PNG")
+        image = {"$t": "ImageResult", "index": "0/../../x", "seed": 1, "png": {"$b": 0}}
+        bad_index = forged_frame({"$t": "JobDone", "job_id": "j1", "images": [image]}, b"\x89PNG")
+        forged = [
+            (layout.results_subject("j1"), bad_index, {}),
+            (layout.results_subject("j1"), encode(JobDone("j2", [png])), {}),  # another job's subject
+            (layout.results_subject("j3"), b"", {HEADER_OBJECT: "requests/other"}),  # deleted once handled
+        ]
+        for subject, body, headers in forged:
+            await js.publish(subject, body, headers={HEADER_MSG_ID: uuid.uuid4().hex, **headers})
+        await js.publish(
+            layout.results_subject("j4"), encode(JobDone("j4", [png])), headers={HEADER_MSG_ID: "j4"}
+        )
+        await transport.start()
+        events = transport.events()
+        # The results stream is read in order: the forged ones came first and were dropped.
+        first = await asyncio.wait_for(anext(events), 30)
+        assert first == JobDone("j4", [png])
+        handled = asyncio.ensure_future(anext(events, None))  # j4 handled: acked
+        assert (await store.get("requests/other")).data == b"another job's request"
+    finally:
+        await transport.close()
+        await nc.close()
+    assert await asyncio.wait_for(handled, 5) is None
 
 
 def test_layout_rejects_unsafe_namespaces():
