@@ -12,11 +12,12 @@ import signal
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import nats
 import pytest
+from nats.js.client import JetStreamContext
 
 from bot.db import Database, Job, JobState
 from bot.db.jobs import JobStore
@@ -47,6 +48,25 @@ async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def stream_empty(js: JetStreamContext, stream: str) -> bool:
+    return (await js.stream_info(stream)).state.messages == 0
+
+
+async def broker_until(url: str, probe: Callable[[JetStreamContext], Awaitable[bool]], what: str) -> None:
+    """Wait until ``probe`` holds on the broker. It sends no event when a stream drops an acked message,
+    so this asks it, and fails with ``what`` after 30 s."""
+    nc = await nats.connect(url)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not await probe(nc.jetstream()):
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
 
 
 class Recorder:
@@ -143,6 +163,7 @@ async def test_three_workers_one_killed_mid_job_every_job_done_once(
 ):
     workers = [spawn_worker(nats_server.url, nats_namespace, f"w{i}", *SIM) for i in range(3)]
     transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=2)
+    layout = Layout(nats_namespace)
     db_path = tmp_path / "bot.db"
     jobs = [make_job(user_id=1 + i % 3, prompt=f"fox {i}") for i in range(12)]
     try:
@@ -156,24 +177,24 @@ async def test_three_workers_one_killed_mid_job_every_job_done_once(
             # Kill w1 the moment it is working on something.
             await wait_until(lambda: any(w == "w1" for _, w in starts), 20, "w1 to start a job")
             killed_job = next(j for j, w in starts if w == "w1")
-            await asyncio.sleep(0.1)
             workers[1].kill(signal.SIGKILL)
             await wait_until(lambda: len(recorder.finished) >= len(jobs), 60, "every job to finish")
-            await asyncio.sleep(1.0)  # room for a wrong second result to show up
+            # Every job acked: no worker holds one, so any second result was published before now, and
+            # the results stream hands it over before the result of a job sent after it.
+            await broker_until(nats_server.url, lambda js: stream_empty(js, layout.jobs_stream), "the acks")
+            last = make_job(prompt="the last one")
+            await manager.submit(last)
+            await wait_until(lambda: last.id in {j.id for j in recorder.finished}, 30, "the last job")
 
-            assert Counter(j.id for j in recorder.finished) == Counter(j.id for j in jobs)
+            assert Counter(j.id for j in recorder.finished) == Counter(j.id for j in [*jobs, last])
             assert {j.state for j in recorder.finished} == {JobState.DONE}
             # The killed worker's job came back after its lease and ran elsewhere.
             assert any(j == killed_job and w != "w1" for j, w in starts)
-            nc = await nats.connect(nats_server.url)
-            info = await nc.jetstream().stream_info(Layout(nats_namespace).jobs_stream)
-            await nc.close()
-            assert info.state.messages == 0  # every job acked
     except BaseException:
         print(worker_logs(workers))
         raise
-    assert query(db_path, "select count(*), count(distinct job_id) from usage") == [(12, 12)]
-    assert query(db_path, "select count(*) from images") == [(12,)]
+    assert query(db_path, "select count(*), count(distinct job_id) from usage") == [(13, 13)]
+    assert query(db_path, "select count(*) from images") == [(13,)]
 
 
 async def test_cancel_reaches_the_worker_holding_the_job(nats_server, nats_namespace, spawn_worker, tmp_path):
@@ -291,7 +312,22 @@ async def test_bot_killed_mid_queue_and_restarted_loses_nothing(fake_discord, tm
             lambda: query(db_path, "select count(*) from jobs where delivered_at is not null")[0][0] == total,
             timeout=60,
         )
-        await asyncio.sleep(1.0)  # a duplicate post, if the bot were to make one, would land now
+        # Nothing left to deliver twice: every job acked by its worker, every result acked by the bot. A
+        # duplicate post would then come before the post of one more job.
+        layout = Layout()
+        await broker_until(server.url, lambda js: stream_empty(js, layout.jobs_stream), "the jobs' acks")
+        await broker_until(
+            server.url, lambda js: stream_empty(js, layout.results_stream), "the results' acks"
+        )
+        inter = await fake.invoke(
+            "imagine", {"prompt": "one more"}, guild=guild, channel=channel, user=users[0]
+        )
+        await inter.wait_response()
+        total += 1
+        await fake.wait_until(
+            lambda: query(db_path, "select count(*) from jobs where delivered_at is not null")[0][0] == total,
+            timeout=60,
+        )
     except BaseException:
         print(bot.tail())
         print(worker_logs(workers))
