@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 
@@ -131,20 +132,42 @@ class LogWatch(logging.Handler):
 
 async def test_a_wrong_password_is_reported_without_the_password(auth_server):
     wrong = "wrong-" + PASSWORD
+    url_with_password = auth_server.url.replace("nats://", f"nats://imagine:{wrong}@")
+    # Refused, said so, and stopped while nats-py was still retrying: connect_with_retry returned.
+    lines = await asyncio.wait_for(refused_login(url_with_password, NatsAuth()), 30)
+    assert not any(wrong in line for line in lines), lines
+
+
+async def test_nkey_seed_file_login(tmp_path):
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (tmp_path / "server.conf").write_text(f"authorization {{ users = [ {{ nkey: {public} }} ] }}\n")
+    seed_file = tmp_path / "worker.nk"
+    seed_file.write_bytes(seed + b"\n")
+    server = start_nats_server(tmp_path / "nkey-nats", "-c", str(tmp_path / "server.conf"))
+    try:
+        await asyncio.wait_for(refused_login(server.url, NatsAuth()), 30)  # the server does ask for the key
+        url, auth = broker(server.url, {}, creds_file=seed_file)  # as `--nats-creds FILE` passes it
+        nc = await connect_with_retry(url, auth, name="t", stop=asyncio.Event(), lost="-")
+        assert nc is not None and nc.is_connected
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def refused_login(url: str, auth: NatsAuth) -> list[str]:
+    """The log lines of a login the server refuses, up to its refusal (the attempt is stopped then)."""
     watch = LogWatch("Authorization")
     logger = logging.getLogger("engine.nats_connect")
     logger.addHandler(watch)
     stop = asyncio.Event()
-    url_with_password = auth_server.url.replace("nats://", f"nats://imagine:{wrong}@")
-    attempt = asyncio.create_task(
-        connect_with_retry(url_with_password, NatsAuth(), name="t", stop=stop, lost="-")
-    )
+    attempt = asyncio.create_task(connect_with_retry(url, auth, name="t", stop=stop, lost="-"))
     try:
-        await asyncio.wait_for(watch.seen.wait(), 30)  # the server said no, and we said so
+        await watch.seen.wait()
     finally:
         stop.set()
         logger.removeHandler(watch)
-    client = await asyncio.wait_for(attempt, 30)
-    if client is not None:  # stopped mid-connect: nats-py may hand back its closed client
-        await client.close()
-    assert not any(wrong in line for line in watch.lines), watch.lines
+    assert await attempt is None
+    return watch.lines
