@@ -116,9 +116,7 @@ class Courier:
             self.live.pop(job.id, None)
             log.exception("submitting job %s failed", job.id)
             with contextlib.suppress(discord.HTTPException):
-                await interaction.edit_original_response(
-                    content="❌ Sorry, I couldn't queue that; please try again."
-                )
+                await edit(interaction, content="❌ Sorry, I couldn't queue that; please try again.")
             return
         if ticket.job.state is JobState.QUEUED:
             await edit_status(
