@@ -7,113 +7,21 @@ its engine workers down with it; the loopback Discord runs in this test's event 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import signal
-import sqlite3
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bot.botprocess import BotProcess, bot_env, query
+
 USERS = 4
 JOBS_PER_USER = 5
 TOTAL = USERS * JOBS_PER_USER
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGKILL are POSIX")
 
-
-class BotProcess:
-    """``python -m bot`` with its own process group; its log is kept for a failing test's report."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env, self.cwd = env, cwd
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[str] = []
-        self.ready = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.ready.clear()
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot",
-            cwd=self.cwd, env=self.env, start_new_session=True,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read(self.proc))
-
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.log.append(line)
-            if "logged in as" in line:
-                self.ready.set()
-
-    async def wait_ready(self, limit: float = 60) -> None:
-        assert self.proc is not None
-        waiter = asyncio.create_task(self.ready.wait())
-        exited = asyncio.create_task(self.proc.wait())
-        done, _ = await asyncio.wait({waiter, exited}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        exited.cancel()
-        if waiter not in done:
-            raise AssertionError("bot did not log in:\n" + self.tail())
-
-    async def kill(self, sig: int = signal.SIGKILL, grace: float = 20) -> None:
-        """Signal the whole process group (bot and engine workers) and wait for the bot to exit."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            await asyncio.wait_for(self.proc.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 5)
-        # Engine workers left behind would hold the GPU/CPU and the database: take the group down for sure.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log[-lines:])
-
-
-def bot_env(fake, tmp_path: Path, model: Path, guild_id: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "DEFAULT_", "ENGINE_"))}
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        PYTHONUNBUFFERED="1",
-        DISCORD_TOKEN=fake.token,
-        DISCORD_API_BASE=fake.api_base,
-        DISCORD_GATEWAY_URL=fake.gateway_url,
-        GUILD_IDS=str(guild_id),
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-        OUTPUT_DIR=str(tmp_path / "images"),
-        MODEL=str(model),
-        DEVICE="cpu",
-        ENGINE_MAX_BATCH="4",
-        DEFAULT_STEPS="2",
-        DEFAULT_SIZE="64",
-        PREVIEW_EVERY="0",
-        LOG_LEVEL="INFO",
-    )
-    return env
-
-
-def query(tmp_path: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(tmp_path / "bot.db", timeout=10)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+__all__ = ["BotProcess", "bot_env"]  # tests/bot/transport/test_nats.py imports them from here
 
 
 async def test_sigkill_with_20_jobs_in_flight_then_restart_posts_each_exactly_once(
@@ -159,12 +67,14 @@ async def test_sigkill_with_20_jobs_in_flight_then_restart_posts_each_exactly_on
             ),
             timeout=180,
         )
-        await asyncio.sleep(1.0)  # a duplicate post, if the bot were to make one, would land now
+        # A duplicate post, if the bot were to make one, comes before it stops: stop it (Ctrl-C) and wait for
+        # the process to end cleanly; after that nothing more can be posted.
+        assert await bot.stop() == 0, bot.tail()
     except BaseException:
         print(bot.tail())
         raise
     finally:
-        await bot.kill(signal.SIGINT)
+        await bot.kill(signal.SIGKILL)
 
     jobs = query(tmp_path, "select id, state, result_message_id from jobs")
     assert len(jobs) == TOTAL and {state for _, state, _ in jobs} == {"done"}
