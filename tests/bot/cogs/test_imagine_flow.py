@@ -3,7 +3,6 @@ flags, a restart between result and click, an expired token, a small upload limi
 
 from __future__ import annotations
 
-import asyncio
 import io
 import sqlite3
 
@@ -11,6 +10,7 @@ from PIL import Image
 
 from engine.pnginfo import read_png_parameters
 from tests.bot.answers import refusal, settled
+from tests.waiting import wait_until
 
 REROLL = "🔄"
 
@@ -217,10 +217,14 @@ async def test_cancel_button_stops_a_queued_job(fake_discord, make_settings, run
             await fake.wait_for_message(
                 lambda m, i=inter: m.interaction_id == i.id and _has_picture(m), timeout=120
             )
-        await asyncio.sleep(0.2)
-    db = sqlite3.connect(tmp_path / "bot.db")
-    states = db.execute("select prompt, state from jobs order by prompt").fetchall()
-    assert states == [("tower 0", "done"), ("tower 1", "done"), ("tower 2", "cancelled")]
+        db = sqlite3.connect(tmp_path / "bot.db")
+        expected = [("tower 0", "done"), ("tower 1", "done"), ("tower 2", "cancelled")]
+        await wait_until(
+            lambda: db.execute("select prompt, state from jobs order by prompt").fetchall() == expected,
+            "every job to be recorded as finished",
+        )
+    # Every job is settled in the database and the bot has stopped: nothing is posted after this.
+    assert not any(m.interaction_id == last.id and _has_picture(m) for m in fake.messages)
 
     # A run killed after editing the notice in but before recording it: the next start finds the notice
     # already on Discord and does not post it again.
@@ -238,7 +242,8 @@ async def test_cancel_button_stops_a_queued_job(fake_discord, make_settings, run
             lambda: db.execute("select delivered_at from jobs where prompt = 'tower 2'").fetchone()[0],
             timeout=60,
         )
-        await asyncio.sleep(0.3)
+    # Recorded as delivered is the last step of delivering it, and the bot has stopped since: a second
+    # notice, had the start posted one, is out by now.
     assert len(notices()) == 1, [m.content for m in notices()]
 
 
