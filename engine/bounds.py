@@ -1,7 +1,7 @@
 """The one table of hard bounds on what a job may ask for.
 
 Slash options (``app_commands.Range``), inline ``--flags`` (bot/jobs/policy.py), admins' per-guild limits
-(bot/jobs/limits.py), settings defaults and the engine's own request check (engine/runner.py) all read these
+(bot/jobs/limits.py), settings defaults and the engine's own request check (engine/requests.py) all read these
 numbers, so a value one path refuses cannot slip in through another. A guild's limits may be stricter; these
 are the most any of them may allow. It imports nothing heavy: the bot and the engine both use it.
 """

@@ -18,7 +18,8 @@ Rules:
   does not fit fails its request only.
 
 Its parts: the model (engine/model_slot.py), request checks (engine/requests.py), job state
-(engine/jobs.py, shared with the simulated runner) and PNG encoding (engine/pngs.py).
+(engine/jobs.py, shared with the simulated runner), step progress (engine/progress.py) and PNG encoding
+(engine/pngs.py).
 """
 
 from __future__ import annotations
