@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot.db.models import utcnow
 from bot.db.moderation import ModerationStore, OverrideRow
-from bot.jobs import limits, policy
+from bot.jobs import blocklist, limits, policy
 from bot.jobs.limits import Effective, LimitName, Override, Scope
 from bot.jobs.manager import new_job_id
 from engine.protocol import JobKind
@@ -173,7 +173,7 @@ class Admission:
                     f"{width}×{height} is {width * height:,} pixels; the most here is {lim.max_pixels:,} "
                     "(`max_pixels`)."
                 )
-            self._check_terms(resolved, rules.terms)
+            await self._check_terms(resolved, rules.terms)
             now = self.clock()
             await self._check_quotas(who, eff, resolved.count, now)
             job_id = new_job_id()
@@ -190,19 +190,19 @@ class Admission:
             )
 
     @staticmethod
-    def _check_terms(resolved: policy.Resolved, raw_terms: Sequence[str]) -> None:
+    async def _check_terms(resolved: policy.Resolved, raw_terms: Sequence[str]) -> None:
         if not raw_terms:
             return
-        terms = limits.compile_terms(raw_terms)
-        for label, text in (("prompt", resolved.prompt), ("negative prompt", resolved.negative)):
-            hit = limits.find_blocked([text], terms)
-            if hit is not None:
-                # A regex is shown by what it caught, not by its pattern; backticks would break the quoting.
-                shown = (hit.matched if hit.term.is_regex else hit.term.raw).replace("`", "ˋ")
-                raise policy.PolicyError(
-                    f"Your {label} contains `{shown[:60]}`, which this server's blocklist doesn't allow. "
-                    "Please rephrase it."
-                )
+        # Off the event loop and time-bounded (bot/jobs/blocklist.py): a check that cannot finish refuses.
+        hit = await blocklist.CHECKER.find([resolved.prompt, resolved.negative], raw_terms)
+        if hit is not None:
+            label = ("prompt", "negative prompt")[hit.index]
+            # A regex is shown by what it caught, not by its pattern; backticks would break the quoting.
+            shown = (hit.matched if hit.term.is_regex else hit.term.raw).replace("`", "ˋ")
+            raise policy.PolicyError(
+                f"Your {label} contains `{shown[:60]}`, which this server's blocklist doesn't allow. "
+                "Please rephrase it."
+            )
 
     async def _check_quotas(self, who: Requester, eff: Effective, count: int, now: dt.datetime) -> None:
         self._reserved = {k: r for k, r in self._reserved.items() if now - r.at < RESERVATION_TTL}

@@ -9,11 +9,12 @@ from bot.cogs.common import (
     ADMIN_PERMISSIONS,
     FriendlyErrors,
     admin_only,
+    caller_is_admin,
     code,
     lines_within,
     reply,
 )
-from bot.jobs.limits import compile_term
+from bot.jobs.blocklist import CHECKER
 from bot.jobs.policy import PolicyError
 
 MAX_REASON = 500
@@ -72,15 +73,20 @@ class ModerationCog(FriendlyErrors):
 
     # ---------------------------------------------------------------------------------- blocklist
 
+    # Discord caps option descriptions at 100 characters; the full rules are in bot/jobs/blocklist.py
+    # and the README, and the answer to /blocklist add repeats them.
     @blocklist.command(name="add", description="Refuse prompts containing a word, phrase or /regex/")
     @app_commands.describe(
-        term="A word or phrase (whole words, any case, accents and look-alikes too), or /regex/"
+        term=(
+            "A word or phrase (whole words; _, digits, zero-width split words; look-alikes fold) "
+            "or /RE2 regex/"
+        )
     )
     @admin_only()
     async def add(self, interaction: discord.Interaction, term: str) -> None:
         guild_id = interaction.guild_id
         assert guild_id is not None
-        compiled = compile_term(term)  # refuses empty, overlong and unusable terms
+        compiled = await CHECKER.compile(term)  # refuses empty, overlong and unusable (non-RE2) terms
         if len(await self.store.terms(guild_id)) >= MAX_TERMS:
             raise PolicyError(
                 f"This server already blocks {MAX_TERMS} terms, the most I keep. Remove some first."
@@ -89,9 +95,10 @@ class ModerationCog(FriendlyErrors):
             await reply(interaction, f"{code(compiled.raw)} is already on the blocklist.")
             return
         how = (
-            "regular expression, any case"
+            "RE2 regular expression, any case, matched against the prompt with accents and look-alikes folded"
             if compiled.is_regex
-            else "whole words, any case, accents and look-alikes"
+            else "whole words, any case, accents and look-alikes; underscores, digits and zero-width "
+            "characters count as word breaks, so `word_x` and `word2` match too"
         )
         await reply(interaction, f"✅ Blocked {code(compiled.raw)} ({how}).")
 
@@ -109,7 +116,8 @@ class ModerationCog(FriendlyErrors):
 
     @remove.autocomplete("term")
     async def _terms(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None:
+        # Autocomplete skips the command's checks: without this, any member could read the blocklist here.
+        if interaction.guild_id is None or not caller_is_admin(interaction):
             return []
         wanted = current.lower()
         terms = [t for t in await self.store.terms(interaction.guild_id) if wanted in t.lower()]
