@@ -207,3 +207,38 @@ async def test_a_full_disk_fails_the_job_with_a_clear_notice_and_leaves_nothing_
         await w.dispatched(other.job.id)
         w.transport.finish(other.job.id)
         assert (await w.finished_job(other.job.id)).state is JobState.DONE
+
+
+async def test_a_full_disk_through_discord_tells_the_member_and_serves_the_next(fake_discord, tmp_path):
+    """The real bot on the loopback Discord: Alice's pictures hit a full disk, Bob's do not."""
+    from tests.bot.jobs.scripted import scripted_bot, scripted_settings
+
+    fake = fake_discord
+    guild = fake.add_guild("Art Club")
+    channel = fake.add_channel(guild, "art")
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    fake.add_member(guild, alice)
+    fake.add_member(guild, bob)
+    transport = ScriptedTransport(slots=2)
+    settings = scripted_settings(fake, tmp_path, GUILD_IDS=guild.id)
+    async with scripted_bot(fake, settings, transport):
+        doomed = await fake.invoke("imagine", {"prompt": "a tower", "count": 2}, guild=guild, channel=channel,
+                                   user=alice)  # fmt: skip
+        await fake.wait_until(lambda: len(transport.inflight) == 1, timeout=30)
+        job_id = next(iter(transport.inflight))
+        links = fill_the_disk_at(tmp_path / "images", f"{job_id}_1.tmp")
+        transport.finish(job_id)
+        notice = await fake.wait_for_message(
+            lambda m: m.interaction_id == doomed.id and "failed" in m.content, timeout=60
+        )
+        assert "the server's disk is full" in notice.content and str(tmp_path) not in notice.content
+        assert not notice.attachments
+        # Bob is served as usual, with the disk that has room again.
+        fine = await fake.invoke("imagine", {"prompt": "a kite"}, guild=guild, channel=channel, user=bob)
+        await fake.wait_until(lambda: len(transport.inflight) == 1, timeout=30)
+        transport.finish(next(iter(transport.inflight)))
+        await fake.wait_for_message(
+            lambda m: m.interaction_id == fine.id and bool(m.attachments) and "seed" in m.content, timeout=60
+        )
+    left = [p.name for p in (tmp_path / "images").rglob(f"{job_id}*") if p not in links]
+    assert left == []
