@@ -1,5 +1,5 @@
 """``python -m engine serve``: a scale-out worker that pulls jobs from NATS JetStream (its command line is
-engine/nats_serve.py, its replies engine/nats_publish.py).
+engine/nats_serve.py, its replies engine/nats_publish.py, its heartbeats and leases engine/nats_presence.py).
 
 Run one per GPU, on any machine that reaches the broker. The worker loads its model, then:
 
@@ -121,7 +121,6 @@ class NatsWorker:
         self._js: JetStreamContext | None = None
         self._store: ObjectStore | None = None
         self._publisher: ResultPublisher | None = None
-        self._presence: Presence | None = None
         self.lease = 0.0
         self._crashed = False
 
@@ -145,25 +144,32 @@ class NatsWorker:
     async def run(self) -> int:
         """Serve until :meth:`request_stop`; returns the exit status."""
         self._loop = asyncio.get_running_loop()
-        nc = await self._connect()
+        name = f"imagine-worker {self.worker_id}"
+        nc = await connect_with_retry(
+            self.url, self.auth, name=name, stop=self._stop, lost="held jobs keep running"
+        )
         if nc is None:
             return 0  # stopped before the broker was reached
         self._nc = nc
         js = nc.jetstream()
         self._js = js
         try:
-            self._store = await self._ensure(js)
+            self._store = await retry_until_stopped(lambda: self._setup(js), self._stop)
             if self._store is None:
                 return 0
             self._publisher = ResultPublisher(
                 nc, js, self._store, self.layout, self.worker_id, self._inline_limit
             )
-            presence = self._presence = Presence(self, nc, js)
+            presence = Presence(self, nc, js)
             psub = await js.pull_subscribe_bind(
                 durable=self.layout.workers_consumer, stream=self.layout.jobs_stream
             )
             await nc.subscribe(self.layout.cancel_subject, cb=self._on_cancel)
-            await nc.subscribe(self.layout.ping_subject, cb=self._on_ping)
+
+            async def on_ping(msg: Msg) -> None:  # nats-py wants a coroutine function
+                await presence.pinged(self._stopping)
+
+            await nc.subscribe(self.layout.ping_subject, cb=on_ping)
             publisher = self._supervised(self._publish_events(), "publish")
             batches = self._supervised(self._run_batches(), "batches")
             fetcher = self._supervised(self._fetch(psub), "fetch")
@@ -201,6 +207,11 @@ class NatsWorker:
         log.info("worker %s stopped", self.worker_id)
         return 0
 
+    async def _setup(self, js: JetStreamContext) -> ObjectStore:
+        store = await self.layout.ensure(js)
+        self.lease = await self.layout.lease(js)
+        return store
+
     def _supervised(self, coro: Any, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._on_task_done)
@@ -214,23 +225,6 @@ class NatsWorker:
         log.error("the %s loop failed; stopping this worker", task.get_name(), exc_info=task.exception())
         self._crashed = True
         self._stop.set()
-
-    async def _connect(self) -> Client | None:
-        return await connect_with_retry(
-            self.url,
-            self.auth,
-            name=f"imagine-worker {self.worker_id}",
-            stop=self._stop,
-            lost="held jobs keep running",
-        )
-
-    async def _ensure(self, js: JetStreamContext) -> ObjectStore | None:
-        async def setup() -> ObjectStore:
-            store = await self.layout.ensure(js)
-            self.lease = await self.layout.lease(js)
-            return store
-
-        return await retry_until_stopped(setup, self._stop)
 
     # ------------------------------------------------------------------------------------------ intake
 
@@ -413,10 +407,6 @@ class NatsWorker:
         self._cancelled[message.job_id] = None
         while len(self._cancelled) > REMEMBER_CANCELS:
             self._cancelled.popitem(last=False)
-
-    async def _on_ping(self, msg: Msg) -> None:
-        assert self._presence is not None
-        await self._presence.pinged(self._stopping)
 
 
 async def _settle(task: asyncio.Task[None]) -> None:
