@@ -1,10 +1,11 @@
 """Comparing what the engine renders, and looking at what it hands the model, in ways that hold on any CPU.
 
 The tiny model's weights are random, so how much a small change of input (a prompt weight, a LoRA) moves
-its 8-bit picture depends on those weights and on how the CPU rounds: on one CI machine two differently
-weighted prompts gave bit-identical 64x64 pictures. So tests assert what the code guarantees, at the point
-where it guarantees it: the embeddings or noise prediction the model is given, and, for pictures, "the same
-up to float rounding" with a bound far from both rounding noise and any real difference.
+its 8-bit picture depends on those weights and on how the CPU rounds. Tests therefore assert what the code
+guarantees, where it guarantees it: the embeddings or the noise prediction the model is given; pictures
+only as "the same up to float rounding", with a bound far from both rounding noise and any real
+difference. (Asserting that two pictures differ once hid a real bug: emphasis scaled by a ratio of rounding
+errors, which made (cat:1.6) and [[cat]] bit-identical on one CI machine; see test_prompts.py.)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from engine.pnginfo import parse_parameters, read_png_parameters
 from engine.protocol import JobDone, JobFailed
 
 from .conftest import request
-from .pictures import assert_same_image, pixels
+from .outputs import assert_same_image, pixels
 
 ROOT = Path(__file__).resolve().parents[2]
 

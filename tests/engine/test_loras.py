@@ -16,7 +16,7 @@ from engine import loras
 from engine.protocol import JobDone, JobFailed
 
 from .conftest import request
-from .pictures import assert_same_image, pixels, unet_outputs
+from .outputs import assert_same_image, pixels, unet_outputs
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def test_a_bad_weight_names_the_tag():
 
 def assert_lora_changes_the_unet(plain, styled) -> None:
     # The LoRA's random low-rank weights move the noise prediction by a share of its own size; how far
-    # that moves the 8-bit picture depends on the random weights and the CPU (tests/engine/pictures.py).
+    # that moves the 8-bit picture depends on the random weights and the CPU (tests/engine/outputs.py).
     assert (styled - plain).abs().mean() > 0.01 * plain.abs().mean(), (styled - plain).abs().mean()
 
 

@@ -20,7 +20,7 @@ from engine.prompts import (
 from engine.tiny import _WORDS
 
 from .conftest import request
-from .pictures import assert_same_image, pixels
+from .outputs import assert_same_image, pixels
 
 # ------------------------------------------------------------------------------------------------ parser
 
@@ -162,7 +162,7 @@ def test_emphasis_restores_the_chunk_mean():
 def test_emphasis_of_a_chunk_whose_mean_is_rounding_noise_keeps_the_weights():
     # A text encoder ending in a LayerNorm without bias (the tiny model's) gives every token vector a mean
     # of 0, so a chunk's mean is float rounding: restoring it scaled the chunk by a ratio of two rounding
-    # errors (x3 and a flipped sign on one CPU, bit-identical pictures for (cat:1.6) and [[cat]] on another).
+    # errors (x3 on one CPU; bit-identical pictures for (cat:1.6) and [[cat]] on another).
     z = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
     z = z - z.mean(dim=-1, keepdim=True)
     m = torch.ones(2, 77)
@@ -207,7 +207,7 @@ def test_long_prompt_is_encoded_in_chunks_and_padded(pipe, words):
 # ---------------------------------------------------------------------------------------------- runner
 #
 # What the runner guarantees is the embeddings it hands the pipeline; how much those move the tiny random
-# model's 8-bit picture depends on its weights and the CPU (tests/engine/pictures.py), so a difference is
+# model's 8-bit picture depends on its weights and the CPU (tests/engine/outputs.py), so a difference is
 # asserted on the embeddings, and pictures are compared only as "the same up to rounding".
 
 

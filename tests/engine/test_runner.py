@@ -12,7 +12,7 @@ from engine.pnginfo import parse_parameters, read_png_parameters
 from engine.protocol import JobCancelled, JobDone, JobFailed, JobKind, JobProgress, JobStarted
 
 from .conftest import request
-from .pictures import assert_same_image, pixels
+from .outputs import assert_same_image, pixels
 
 
 def png_for_init(size=(64, 64), color=(200, 40, 40)) -> bytes:
