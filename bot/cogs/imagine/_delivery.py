@@ -324,7 +324,7 @@ class Courier:
         log.warning("job %s is undeliverable (%s); its author is told by DM", job.id, why)
         note = (
             f"I couldn't post the result of **{safe(job.prompt, 100)}** in <#{job.channel_id}>: {why}. "
-            f"The job is `{job.id}`; a server admin can look it up."
+            f"A server admin can fix that; then ask again. (Job `{job.id}`.)"
         )
         await self.tell_privately(job.user_id, note, cooldown=False)
 
