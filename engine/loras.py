@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import bounds
 from engine.model_files import PICKLE_SUFFIXES, SAFE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,13 @@ def extract(prompt: str) -> tuple[str, Loras]:
         if not math.isfinite(weight):
             raise LoraError(f"LoRA weight in {match.group(0)!r} must be a finite number")
         weights[name] = weights.get(name, 0.0) + weight
+    for name, weight in weights.items():
+        # The sum too: two tags of 1e308 add up to inf. Peft scales float32/float16 layers by the weight.
+        if weight not in bounds.WEIGHT:
+            raise LoraError(
+                f"LoRA {name!r} has a weight of {weight:g}; it must be between {bounds.WEIGHT.lo:g} and "
+                f"{bounds.WEIGHT.hi:g}, all its tags together"
+            )
     if not weights:
         return prompt, ()
     text = re.sub(r"[ \t]{2,}", " ", _TAG.sub("", prompt)).strip(" ,")

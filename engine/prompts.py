@@ -72,7 +72,8 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are literal characters; an unclosed bracket applies up to the end of the
     text; a closing bracket without an opening one is literal text. ``BREAK`` (upper case, a word of its
     own, also inside brackets) becomes a ``("BREAK", -1.0)`` entry. Neighbouring fragments of equal weight
-    are merged. A lone backslash is dropped, as in A1111.
+    are merged. A lone backslash is dropped, as in A1111. Unlike A1111, every weight is kept within
+    :data:`engine.bounds.WEIGHT`.
 
     >>> parse_prompt_attention("an (important) word")
     [('an ', 1.0), ('important', 1.1), (' word', 1.0)]
@@ -86,7 +87,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             # Unlike A1111, a BREAK inside brackets stays a BREAK: A1111 multiplies its -1 marker too, which
             # turns it into the word "BREAK" encoded with a negative weight.
             if not res[p][2]:
-                res[p][1] *= multiplier
+                res[p][1] = _clamp_weight(res[p][1] * multiplier)
 
     for m in _RE_ATTENTION.finditer(text):
         token = m.group(0)
@@ -99,7 +100,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             square_brackets.append(len(res))
         elif weight is not None and round_brackets:
             try:
-                value = float(weight)
+                value = _clamp_weight(float(weight))  # "(a:999…9)" of 400 digits is inf
             except ValueError:
                 # "(a:1.2.3)": A1111 raises here, but a typo should not fail the job: keep ":1.2.3" as text
                 # and let the ")" close the bracket as a plain one.
@@ -133,6 +134,12 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         else:
             i += 1
     return [(fragment, weight) for fragment, weight, _ in res]
+
+
+def _clamp_weight(weight: float) -> float:
+    """``weight`` within :data:`engine.bounds.WEIGHT`: an emphasis past it (``(a:1e40)`` is inf in float32,
+    ``((a:1e200):1e200)`` in float64) would make the chunk's embeddings, and the picture, NaN."""
+    return min(max(weight, bounds.WEIGHT.lo), bounds.WEIGHT.hi)
 
 
 def has_syntax(text: str) -> bool:
