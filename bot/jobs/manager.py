@@ -23,9 +23,9 @@ from bot.db.models import Job, JobState
 from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
 from bot.jobs.files import OutputFiles, write_failure
+from bot.jobs.speed import SpeedMeter
 from bot.transport.base import Transport
 from engine import protocol
-from engine.protocol import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +49,6 @@ class Ticket:
     job: Job
     position: int
     eta_seconds: float | None
-
-
-class SpeedMeter:
-    """Engine seconds per unit of work (one 512×512 image-step), smoothed, for queue wait estimates."""
-
-    def __init__(self, alpha: float = 0.3) -> None:
-        self.alpha = alpha
-        self.seconds_per_unit: float | None = None
-
-    @staticmethod
-    def units(job: Job) -> float:
-        steps = job.steps if job.kind == JobKind.TXT2IMG else max(1, int(job.steps * (job.strength or 1.0)))
-        return max(1, steps) * job.count * (job.width * job.height) / (512 * 512)
-
-    def record(self, job: Job, seconds: float) -> None:
-        rate = seconds / self.units(job)
-        prev = self.seconds_per_unit
-        self.seconds_per_unit = rate if prev is None else prev + self.alpha * (rate - prev)
-
-    def estimate(self, jobs: list[Job], workers: int) -> float | None:
-        if self.seconds_per_unit is None:
-            return None
-        return sum(self.units(j) for j in jobs) * self.seconds_per_unit / max(1, workers)
 
 
 class JobManager:
@@ -180,11 +157,13 @@ class JobManager:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it already finished."""
-        if job_id in self.queue:
-            # The row first: if the database refuses, the job stays queued in memory as in the database.
-            if await self.store.transition(job_id, [JobState.QUEUED], JobState.CANCELLED, error="cancelled"):
-                self.queue.remove(job_id)
-                await self._finished(job_id)
+        # The row first: if the database refuses, the job stays queued in memory as in the database. A
+        # dispatch may start the job meanwhile: then it is cancelled on its worker below.
+        if job_id in self.queue and await self.store.transition(
+            job_id, [JobState.QUEUED], JobState.CANCELLED, error="cancelled"
+        ):
+            self.queue.remove(job_id)
+            await self._finished(job_id)
             return True
         if job_id in self._running:
             await self.transport.cancel(job_id)
@@ -197,8 +176,8 @@ class JobManager:
     # ------------------------------------------------------------------------------------ dispatch
 
     async def _dispatch(self) -> None:
-        """Start queued jobs while the workers have room. Never raises for a database error: the job
-        stays first in line, and a later pass (after a backoff) tries again."""
+        """Start queued jobs while workers have room. A database error leaves the job first in line and
+        schedules another pass after a backoff: it never reaches the caller (the pump, a /imagine)."""
         async with self._dispatch_lock:
             try:
                 await self._dispatch_ready()
@@ -253,9 +232,7 @@ class JobManager:
         task.add_done_callback(self._tasks.discard)
 
     async def _db(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """``op()``, tried again with a backoff while the database refuses it (locked, disk full), where
-        giving up would lose a result or a failure. The event pump waits here, so the transport's result
-        is not acknowledged until it is recorded."""
+        """``op()``, tried again with a backoff while the database refuses it (locked, disk full)."""
         delay = RETRY_FIRST_SECONDS
         while True:
             try:

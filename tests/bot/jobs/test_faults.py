@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+from sqlalchemy.exc import OperationalError
+
 from bot.db import Database, Job, JobState
 from bot.db.jobs import JobStore
 from bot.jobs.events import JobFinished, ManagerEvent
@@ -167,6 +170,22 @@ async def test_a_locked_database_when_a_result_arrives_holds_the_result_until_it
         await w.dispatched(second.job.id)
         w.transport.finish(second.job.id)
         assert (await w.finished_job(second.job.id)).state is JobState.DONE
+
+
+async def test_a_cancel_the_locked_database_refuses_leaves_the_job_queued(tmp_path):
+    async with world(tmp_path, slots=0) as w:
+        queued = await w.manager.submit(job(1))
+        with write_lock(w.db_path) as con:
+            with pytest.raises(OperationalError):  # the member is told it did not work
+                await w.manager.cancel(queued.job.id)
+            # Not cancelled in the database, so not dropped from the line either.
+            assert state(con, queued.job.id) == "queued"
+            assert w.manager.position(queued.job.id) == 1
+        w.transport.open(1)
+        await w.manager._dispatch()  # a slot opened: nudge the manager as a worker's next event would
+        await w.dispatched(queued.job.id)
+        w.transport.finish(queued.job.id)
+        assert (await w.finished_job(queued.job.id)).state is JobState.DONE
 
 
 def fill_the_disk_at(images: Path, name: str) -> list[Path]:
