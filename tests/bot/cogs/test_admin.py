@@ -173,8 +173,8 @@ async def test_a_blocked_term_with_odd_unicode_is_caught(world, bot_for, tmp_pat
         assert "✅ Blocked `Gore`" in text(added)
         again = await run(world, "blocklist", {"term": "Gore"}, user=world.admin, subcommand="add")
         assert "already" in text(again)
-        bad = await run(world, "blocklist", {"term": "/(x+)+/"}, user=world.admin, subcommand="add")
-        assert bad.ephemeral and "repeats a group" in text(bad)
+        bad = await run(world, "blocklist", {"term": "/(x)\\1/"}, user=world.admin, subcommand="add")
+        assert bad.ephemeral and "back-reference" in text(bad)
         for prompt in ("a scene full of ｇ\u200bо\u0301ʀe", "GŌRE!!"):
             inter = await run(world, "imagine", {"prompt": prompt}, user=world.alice)
             assert refusal(inter) and "`Gore`" in text(inter) and "blocklist" in text(inter), text(inter)
