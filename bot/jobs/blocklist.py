@@ -117,7 +117,7 @@ class Term:
     """One blocklist entry: ``raw`` as the admin typed it, ``pattern`` as it is matched (RE2)."""
 
     raw: str
-    pattern: re2._Regexp
+    pattern: re2._Regexp[str]
     is_regex: bool
 
 
