@@ -107,3 +107,21 @@ lora_tag = st.tuples(st.sampled_from(("ink", "INK", "Film Grain", "nope", " ink 
     lambda t: f"<lora:{t[0]}:{t[1]}>" if t[1] else f"<lora:{t[0]}>"
 )
 lora_prompt = st.lists(st.one_of(lora_tag, syntax_piece), max_size=12).map("".join)
+
+# What most members type: a plain prompt and flags within range, so that properties over accepted requests
+# (quotas, the engine's own checks) see many of them.
+_valid_flag = st.one_of(
+    st.integers(bounds.STEPS.lo, bounds.STEPS.hi).map(lambda v: f" --steps {v}"),
+    st.integers(bounds.COUNT.lo, bounds.COUNT.hi).map(lambda v: f" --n {v}"),
+    st.sampled_from(("1:1", "16:9", "2:3", "4:1", "1:4", "7:5")).map(lambda v: f" --ar {v}"),
+    st.floats(bounds.CFG.lo, bounds.CFG.hi).map(lambda v: f" --cfg {v}"),
+    st.sampled_from(SAMPLER_NAMES).map(lambda v: f" --sampler {v}"),
+    st.integers(bounds.SEED.lo, bounds.SEED.hi).map(lambda v: f" --seed {v}"),
+    st.floats(bounds.STRENGTH.lo, bounds.STRENGTH.hi).map(lambda v: f" --strength {v}"),
+    st.sampled_from(("blurry", "text, watermark", "(ugly:1.3)")).map(lambda v: f" --no {v}"),
+)
+plausible_prompt = st.tuples(
+    st.sampled_from(("a cat", "a lighthouse at dusk", "(masterpiece:1.2), a castle BREAK snow")),
+    st.lists(_valid_flag, max_size=3, unique_by=lambda f: f.split()[0]),
+).map(lambda p: p[0] + "".join(p[1]))
+typed_prompt = st.one_of(flagged_prompt, plausible_prompt)

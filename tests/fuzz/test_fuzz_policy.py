@@ -26,8 +26,8 @@ from .strategies import (
     ASPECT_VALUES,
     assert_friendly,
     assert_prompt_bounded,
-    flagged_prompt,
     prompt_text,
+    typed_prompt,
 )
 
 defaults = st.builds(
@@ -94,7 +94,7 @@ def assert_within_bounds(r: Resolved, limit: Limits) -> None:
     assert r.model is None or 0 < len(r.model) <= bounds.MODEL_NAME_CHARS
 
 
-@given(flagged_prompt, defaults, limits)
+@given(typed_prompt, defaults, limits)
 def test_a_typed_prompt_is_refused_clearly_or_resolved_within_the_bounds(text, default, limit):
     try:
         resolved = resolve_typed(text, default, limit)
@@ -104,7 +104,7 @@ def test_a_typed_prompt_is_refused_clearly_or_resolved_within_the_bounds(text, d
     assert_within_bounds(resolved, limit)
 
 
-@given(flagged_prompt, options, defaults, limits)
+@given(typed_prompt, options, defaults, limits)
 def test_options_merged_over_flags_keep_the_bounds_and_win(text, option, default, limit):
     try:
         resolved = resolve_typed(text, default, limit, option)
@@ -170,7 +170,7 @@ def library(lora_folder: Path) -> lora_tags.LoraLibrary:
 _job_ids = itertools.count()
 
 
-@given(flagged_prompt, options | st.none(), defaults, limits)
+@given(typed_prompt, options | st.none(), defaults, limits)
 def test_what_the_bot_accepts_the_engine_accepts(library, text, option, default, limit):
     """Checked without a tokenizer (the simulated runner; a real one while it loads a model): every job the
     bot queues is one the engine takes, with the same values."""
@@ -191,7 +191,7 @@ def test_what_the_bot_accepts_the_engine_accepts(library, text, option, default,
     assert all(math.isfinite(weight) for _, weight in key.loras), key.loras
 
 
-@given(flagged_prompt, defaults)
+@given(typed_prompt, defaults)
 def test_with_the_real_tokenizer_a_resolved_prompt_is_queued_or_refused_for_its_length(
     clip_tokenizer, library, text, default
 ):
