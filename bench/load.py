@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._stats import RssSampler, covered_seconds, fmt, machine_info, rss_trend, summary, write_json
+from bot.shutdown import PROCESS_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # JobManager ids are uuid4().hex; results are posted as "<id>.<ext>"
@@ -90,8 +91,10 @@ def _fake_discord_class() -> type:
             self._note_result(msg, now)
             return msg
 
-        def edit_message(self, msg: FakeMessage, payload: dict[str, Any], uploads: list[Upload]) -> None:
-            super().edit_message(msg, payload, uploads)
+        def edit_message(
+            self, msg: FakeMessage, payload: dict[str, Any], uploads: list[Upload], **kwargs: Any
+        ) -> None:
+            super().edit_message(msg, payload, uploads, **kwargs)
             self._note_result(msg, time.time())
 
         def _note_result(self, msg: FakeMessage, now: float) -> None:
@@ -293,13 +296,14 @@ async def run_stack(cfg: Config, model: str, workdir: Path) -> StackRun:
                 cpu_after[1] - cpu_before[1],
                 cpu_after[2] - cpu_before[2],
             )
-        await asyncio.sleep(1.0)  # a result posted twice usually follows within a moment
     finally:
         sampler.stop()
         if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)  # the bot's clean shutdown (drains the engine worker)
+            # The bot's clean shutdown (bounded: bot/shutdown.py). Duplicates are counted after it: a result
+            # posted twice is out before the bot exits, so no wait "for a duplicate to land" is needed.
+            proc.send_signal(signal.SIGINT)
             try:
-                bot_exit = await asyncio.wait_for(proc.wait(), 30)
+                bot_exit = await asyncio.wait_for(proc.wait(), PROCESS_LIMIT + 10)
             except TimeoutError:
                 proc.kill()
                 bot_exit = await proc.wait()
