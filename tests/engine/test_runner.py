@@ -25,7 +25,7 @@ def test_same_seed_same_image_and_seed_plus_i(runner):
     first = runner.run([request("a", seed=7, count=2)])["a"]
     again = runner.run([request("a", seed=7, count=2)])["a"]
     assert isinstance(first, JobDone) and [i.seed for i in first.images] == [7, 8]
-    for i in range(2):
+    for i in range(2):  # the very same call (inputs, batch, process): the same floats, bit for bit
         assert np.array_equal(pixels(first, i), pixels(again, i))
     with pytest.raises(AssertionError):  # another seed is another picture, far outside the rounding bound
         assert_same_image(pixels(first, 0), pixels(first, 1))
