@@ -18,9 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("delivery_attempts", sa.Integer(), server_default="0", nullable=False)
-        )
+        batch_op.add_column(sa.Column("delivery_attempts", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("next_delivery_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("undeliverable", sa.String(length=200), nullable=True))
 
