@@ -1,5 +1,6 @@
 """``python -m bot``: read settings (.env), then run the bot until Ctrl-C or SIGTERM (exit status 0; 1 for
-a bad token or a crash, 2 for bad settings, 3 when shutdown overran its bound: bot/shutdown.py)."""
+a bad token or a crash, 2 for bad settings, 3 when shutdown overran its bound (bot/shutdown.py), 130 for a
+second Ctrl-C, which leaves at once)."""
 
 from __future__ import annotations
 
