@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 
 _CLOSED = object()
 RESULTS_ACK_WAIT = 30.0  # extended while the JobManager saves a result's images; acked after that
+REMEMBER_RESULTS = 10_000  # ids of jobs whose result came in, newest kept (re-submits follow a restart)
 
 
 @dataclass(slots=True)
@@ -106,6 +108,7 @@ class NatsTransport:
         self._inflight: dict[str, int] = {}
         self._request_objects: dict[str, str] = {}  # job id -> object holding its request body
         self._cancel_wanted: set[str] = set()
+        self._results_in: OrderedDict[str, None] = OrderedDict()  # jobs whose result was read, newest last
         self._publishing: dict[str, asyncio.Task[None]] = {}  # submits waiting for the broker
         self._events: asyncio.Queue[_Item | object] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -217,6 +220,11 @@ class NatsTransport:
     # --------------------------------------------------------------------------------------- submit
 
     async def submit(self, request: GenerateRequest) -> None:
+        if request.job_id in self._results_in:
+            # Its result came in first (a job re-queued at a restart, its result still in the stream): a
+            # publish now would be de-duplicated, so no second result would ever free its slots.
+            log.info("job %s already has its result; not queued again", request.job_id)
+            return
         self._inflight[request.job_id] = request.count
         if await self._publish(request):
             return
@@ -311,7 +319,11 @@ class NatsTransport:
                 item = await self._result_item(msg)
                 if item is None:
                     continue
-                self._job_ended(item.event.job_id)  # type: ignore[union-attr]
+                job_id = item.event.job_id  # type: ignore[union-attr]
+                self._job_ended(job_id)
+                self._results_in[job_id] = None
+                while len(self._results_in) > REMEMBER_RESULTS:
+                    self._results_in.popitem(last=False)
                 self._events.put_nowait(item)
                 # One result at a time: the next is fetched once this one is handled and acked, so none
                 # waits unacked past its ack_wait while the JobManager is busy.

@@ -414,6 +414,33 @@ async def test_forged_results_never_reach_the_manager(nats_server, nats_namespac
     assert await asyncio.wait_for(handled, 5) is None
 
 
+async def test_a_job_resubmitted_after_its_result_came_in_holds_no_slots(nats_server, nats_namespace):
+    """After a restart the JobManager re-queues a job that was running; its result, still in the stream,
+    can be read before the job is dispatched again. The publish is then de-duplicated and no second result
+    comes: the job must not keep its slots taken for ever."""
+    layout = Layout(nats_namespace)
+    nc = await nats.connect(nats_server.url)
+    transport = NatsTransport(nats_server.url, namespace=nats_namespace, lease_seconds=5)
+    try:
+        js = nc.jetstream()
+        await layout.ensure(js)
+        png = ImageResult(0, 1, b"\x89PNG")
+        await js.publish(
+            layout.results_subject("x1"), encode(JobDone("x1", [png])), headers={HEADER_MSG_ID: "x1"}
+        )
+        await transport.start()
+        events = transport.events()
+        assert await asyncio.wait_for(anext(events), 30) == JobDone("x1", [png])  # read, not yet handled
+        body, headers = heartbeat_message(WorkerReady("w", "m", "cpu", 1), 2, 1.0, STATE_READY)
+        await nc.publish(layout.heartbeat_subject, body, headers=headers)
+        assert isinstance(await asyncio.wait_for(anext(events), 30), WorkerReady)
+        await transport.submit(GenerateRequest("x1", "again", steps=2, width=64, height=64, count=2))
+        assert transport.free_slots() == 2
+    finally:
+        await transport.close()
+        await nc.close()
+
+
 def test_layout_rejects_unsafe_namespaces():
     with pytest.raises(ValueError):
         Layout("a.b")
