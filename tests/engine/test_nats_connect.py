@@ -73,6 +73,13 @@ def test_the_worker_refuses_a_password_on_its_command_line(capsys):
     assert PASSWORD not in err
 
 
+def test_the_worker_reports_a_bad_nats_url_without_its_password(capsys, monkeypatch):
+    monkeypatch.setenv("NATS_URL", f"https://w:{PASSWORD}@broker:4222")
+    assert engine_main(["serve", *SIM]) == 2
+    err = capsys.readouterr().err
+    assert "https://***@broker:4222" in err and PASSWORD not in err
+
+
 @pytest.mark.parametrize("flag", [("--slots", "1000000000"), ("--heartbeat-seconds", "1e9")])
 def test_the_worker_refuses_heartbeats_the_bot_would_ignore(capsys, flag):
     assert engine_main(["serve", "--nats", "nats://127.0.0.1:4222", *SIM, *flag]) == 2
