@@ -15,7 +15,8 @@ import discord
 
 from bot.cogs.common import reply, send
 from bot.cogs.imagine import _texts as texts
-from bot.cogs.imagine._submit import Origin, Prepared, prepare
+from bot.cogs.imagine._replies import Deferred, refuse_after_defer
+from bot.cogs.imagine._submit import GUILD_ONLY, Origin, Prepared, prepare
 from bot.db.models import Job, JobState
 from bot.jobs.policy import Params, PolicyError
 from bot.permissions import is_admin
@@ -43,17 +44,36 @@ class Action(StrEnum):
     CANCEL = "cancel"
 
 
-Handler = Callable[["ImagineBot", discord.Interaction, Job, "int | None"], Awaitable[None]]
+Handler = Callable[["ImagineBot", discord.Interaction, Job, "int | None", Deferred], Awaitable[None]]
+
+# Answered only to the clicker; the others (🔄, U, V) start a job whose news is for the channel.
+PRIVATE = frozenset({Action.INFO, Action.DELETE, Action.CANCEL})
 
 
 async def on_button(
     bot: ImagineBot, interaction: discord.Interaction, action: Action, job_id: str, index: int | None
 ) -> None:
+    # Acknowledge before the database read: Discord drops a click not answered within 3 s. Privately for
+    # the private actions; publicly for a new job, whose refusal then withdraws it (refuse_after_defer).
+    if action not in PRIVATE and interaction.guild_id is None:  # known without asking anyone: answer now
+        await interaction.response.send_message(GUILD_ONLY, ephemeral=True)
+        return
+    if action in PRIVATE:
+        deferred = await interaction.response.defer(ephemeral=True, thinking=True)
+    else:
+        deferred = await interaction.response.defer(thinking=True)
     job = await bot.store.get(job_id)
     if job is None:
-        await reply(interaction, "I can't find that job any more.")
+        await _answer(interaction, action, "I can't find that job any more.")
         return
-    await HANDLERS[action](bot, interaction, job, index)
+    await HANDLERS[action](bot, interaction, job, index, deferred)
+
+
+async def _answer(interaction: discord.Interaction, action: Action, text: str) -> None:
+    if action in PRIVATE:
+        await reply(interaction, text)
+    else:
+        await refuse_after_defer(interaction, text)
 
 
 def _params_of(job: Job, **changes: object) -> Params:
@@ -78,7 +98,9 @@ def _may_manage(bot: ImagineBot, interaction: discord.Interaction, job: Job) -> 
     )
 
 
-async def _info(bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None) -> None:
+async def _info(
+    bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None, deferred: Deferred
+) -> None:
     texts_by_index = await asyncio.to_thread(
         lambda: [(i.index, read_png_parameters(Path(i.path).read_bytes())) for i in job.images]
     )
@@ -91,11 +113,12 @@ async def _info(bot: ImagineBot, interaction: discord.Interaction, job: Job, ind
     await reply(interaction, f"```\n{body}\n```")
 
 
-async def _delete(bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None) -> None:
+async def _delete(
+    bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None, deferred: Deferred
+) -> None:
     if not _may_manage(bot, interaction, job):
         await reply(interaction, "Only the author or an admin can delete this.")
         return
-    await interaction.response.defer(ephemeral=True, thinking=True)
     try:
         if interaction.message is not None:
             await interaction.message.delete()
@@ -104,7 +127,9 @@ async def _delete(bot: ImagineBot, interaction: discord.Interaction, job: Job, i
         await reply(interaction, f"I couldn't delete it ({exc.text or exc.status}).")
 
 
-async def _cancel(bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None) -> None:
+async def _cancel(
+    bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None, deferred: Deferred
+) -> None:
     if not _may_manage(bot, interaction, job):
         await reply(interaction, "Only the author or an admin can cancel this.")
         return
@@ -118,13 +143,15 @@ async def _cancel(bot: ImagineBot, interaction: discord.Interaction, job: Job, i
 def _follow_up(action: Action) -> Handler:
     """🔄, U and V: a new job from an old one, on the clicker's quota."""
 
-    async def handler(bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None) -> None:
+    async def handler(
+        bot: ImagineBot, interaction: discord.Interaction, job: Job, index: int | None, deferred: Deferred
+    ) -> None:
         try:
             prepared = await derive(bot, Origin.of(interaction), job, action, index)
         except PolicyError as exc:
-            await reply(interaction, f"⚠️ {exc}")
+            await refuse_after_defer(interaction, f"⚠️ {exc}")
             return
-        await bot.courier.start(interaction, prepared)
+        await bot.courier.start(interaction, prepared, deferred=deferred)
 
     return handler
 

@@ -4,7 +4,6 @@ the buttons' handlers in _actions.py, and the messages that follow a job in _del
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import discord
@@ -13,6 +12,7 @@ from discord.ext import commands
 
 from bot.cogs.common import FriendlyErrors, lines_within, safe
 from bot.cogs.imagine._actions import REROLL_EMOJI, reroll_from_reaction
+from bot.cogs.imagine._replies import refuse_after_defer
 from bot.cogs.imagine._submit import Origin, defaults_of, prepare
 from bot.cogs.imagine._views import JobButton
 from bot.jobs.policy import ASPECTS, Limits, Params, PolicyError, aspect_size, parse_flags, resolve
@@ -107,7 +107,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             return
         # Acknowledge before any network, file or database work: Discord drops an interaction not answered
         # within 3 s, and the picture's download alone can take longer. Publicly, because the job's news
-        # and results are for the channel; a refusal from here on withdraws it (see _refuse_after_defer).
+        # and results are for the channel; a refusal from here on withdraws it (see refuse_after_defer).
         deferred = await interaction.response.defer(thinking=True)
         try:
             await asyncio.to_thread(self._check_model, params.model)  # walks the model folder
@@ -120,11 +120,11 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 self.bot, Origin.of(interaction), params, kind=kind, init_image=init, size=size
             )
         except PolicyError as exc:
-            await _refuse_after_defer(interaction, f"⚠️ {exc}")
+            await refuse_after_defer(interaction, f"⚠️ {exc}")
             return
         except Exception:  # answered here, not by cog_app_command_error: that would follow up a second time
             log.exception("/imagine failed before queueing in guild %s", interaction.guild_id)
-            await _refuse_after_defer(
+            await refuse_after_defer(
                 interaction, "❌ Sorry, something went wrong on my side; please try again."
             )
             return
@@ -215,24 +215,6 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await reroll_from_reaction(self.bot, payload)
-
-
-async def _refuse_after_defer(interaction: discord.Interaction, text: str) -> None:
-    """Answer a refusal privately although the command was deferred publicly.
-
-    After a "thinking" defer, Discord turns the first followup into the deferred message and keeps the
-    defer's visibility, so an ephemeral followup alone would show the refusal to the whole channel. The
-    public "thinking…" is deleted first (the channel sees it vanish, as with other bots), then the
-    refusal is a fresh ephemeral followup. Should the delete fail, the refusal replaces the "thinking…"
-    instead of leaving it spinning."""
-    try:
-        await interaction.delete_original_response()
-    except discord.HTTPException:
-        with contextlib.suppress(discord.HTTPException):
-            await interaction.edit_original_response(content=text)
-        return
-    with contextlib.suppress(discord.HTTPException):
-        await interaction.followup.send(text, ephemeral=True)
 
 
 def _reduce(width: int, height: int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from bot.cogs.imagine import _texts as texts
 from bot.cogs.imagine._actions import REROLL_EMOJI as REROLL
 from bot.cogs.imagine._replies import (
     DEFAULT_UPLOAD_LIMIT,
+    Deferred,
     LiveReply,
     edit_progress,
     edit_status,
@@ -94,7 +95,7 @@ class Courier:
         interaction: discord.Interaction,
         prepared: Prepared,
         *,
-        deferred: discord.InteractionCallbackResponse | None = None,
+        deferred: Deferred = None,
     ) -> None:
         """Acknowledge at once (Discord's 3 s), then record and queue the job. ``deferred``: the command
         already deferred (it had network or database work to do first), and this is Discord's answer."""

@@ -8,10 +8,12 @@ Progress edits are throttled and dropped when one is still in flight; the final 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import discord
 
@@ -19,6 +21,9 @@ from bot.cogs.common import edit
 from engine import bounds
 
 log = logging.getLogger(__name__)
+
+# What an interaction's defer returned (None when Discord said nothing more): it names the deferred message.
+Deferred: TypeAlias = discord.InteractionCallbackResponse[Any] | None
 
 TOKEN_SAFE_AGE = dt.timedelta(minutes=14)  # Discord kills interaction tokens at 15 minutes
 PROGRESS_MIN_INTERVAL = 1.5  # seconds between progress edits of one message (rate limits: 5 per 5 s)
@@ -93,3 +98,21 @@ async def edit_status(reply: LiveReply, **fields: object) -> None:
             await reply.edit(**fields)
         except discord.HTTPException as exc:
             log.debug("status edit failed: %s", exc)
+
+
+async def refuse_after_defer(interaction: discord.Interaction, text: str) -> None:
+    """Answer a refusal privately although the command was deferred publicly.
+
+    After a "thinking" defer, Discord turns the first followup into the deferred message and keeps the
+    defer's visibility, so an ephemeral followup alone would show the refusal to the whole channel. The
+    public "thinking…" is deleted first (the channel sees it vanish, as with other bots), then the
+    refusal is a fresh ephemeral followup. Should the delete fail, the refusal replaces the "thinking…"
+    instead of leaving it spinning."""
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(content=text)
+        return
+    with contextlib.suppress(discord.HTTPException):
+        await interaction.followup.send(text, ephemeral=True)

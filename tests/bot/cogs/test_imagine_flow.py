@@ -68,9 +68,9 @@ async def test_result_buttons_and_reaction(fake_discord, make_settings, run_bot,
         await fake.wait_until(lambda: fake.bot_user.id in result.reactions.get(REROLL, set()))
 
         info = await _click(fake, result, "ℹ️", bob)
-        await info.wait_response()
-        assert info.ephemeral
-        text = info.callbacks[0]["data"]["content"]
+        await settled(fake, info)
+        assert info.ephemeral and info.original is not None
+        text = info.original.content
         assert "a red fox" in text and "Steps: 2" in text and "Seed: 101" in text
 
         up = await _click(fake, result, "U2", bob)
@@ -108,7 +108,7 @@ async def test_result_buttons_and_reaction(fake_discord, make_settings, run_bot,
 
         # 🗑: not for someone else's result, yes for the author's.
         denied = await _click(fake, result, "🗑️", bob)
-        await denied.wait_response()
+        await settled(fake, denied)
         assert denied.ephemeral and not result.deleted
         allowed = await _click(fake, result, "🗑️", alice)
         await fake.wait_until(lambda: result.deleted)
