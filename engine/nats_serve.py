@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from engine.nats_connect import NatsAuth, NatsConfigError, check_url, has_secret
+from engine.nats_connect import NatsAuth, NatsConfigError, broker, has_secret
 from engine.nats_heartbeat import DEFAULT_INTERVAL, INTERVAL, SLOTS
 from engine.nats_layout import DEFAULT_NAMESPACE
 from engine.nats_worker import DEFAULT_MAX_DELIVERIES, NatsWorker
@@ -115,7 +115,7 @@ def broker_from(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[s
     url = args.nats or environ.get("NATS_URL", "").strip()
     if not url:
         raise NatsConfigError("--nats URL is required (or NATS_URL)")
-    return check_url(url), NatsAuth.from_env(environ, args.nats_creds)
+    return broker(url, environ, args.nats_creds)
 
 
 def run_serve(args: argparse.Namespace) -> int:
