@@ -24,7 +24,9 @@ See plugin.py for the pytest fixtures (fake_discord, discord_world, discord_clie
   /channels/{channel_id}/messages", limit=5, per=5.0)`` gives a route its own bucket (per channel /
   guild / token), 429 + ``retry_after`` beyond it. ``fake.invalid_requests.count`` / ``.log``: every
   401/403/429 answer; past ``fake.invalid_requests.limit`` (10,000 per 10 min) the client is banned.
-- Faults: ``fake.fail_next(method, path_regex, status=...)``, ``fake.disconnect_bots()``.
+- Faults: ``fake.fail_next(method, path_regex, status=...)`` (the next N requests),
+  ``fake.faults.outage(method, path_regex, status=503)`` (every one until ``.end()``; faults.py),
+  ``fake.disconnect_bots()``.
 """
 
 from .permissions import (

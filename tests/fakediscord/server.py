@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from .actions import UserActions
+from .faults import Faults
 from .gateway import Gateway, _Connection, _Session
 from .limits import InvalidRequests, Latency, RateLimits
 from .models import ApiError, FakeInteraction
@@ -78,6 +79,7 @@ class FakeDiscord(Gateway, UserActions, InteractionRoutes, ChannelRoutes, Thread
         self.latency = Latency()
         self.rate_limits = RateLimits()
         self.invalid_requests = InvalidRequests()
+        self.faults = Faults()  # outages lasting until ended (faults.py)
         self.port = 0
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every REST call
         self.unknown_routes: list[tuple[str, str]] = []  # requests no route matched (the fake lacks one)
@@ -184,7 +186,11 @@ class FakeDiscord(Gateway, UserActions, InteractionRoutes, ChannelRoutes, Thread
                 response = web.Response(status=429, text="error code: 1015")
                 self.requests.append((request.method, request.path, 429))
                 return response
-            response = self._injected_failure(request) or await self._limited(request, info, headers, handler)
+            response = (
+                self._injected_failure(request)
+                or self.faults.answer(request)
+                or await self._limited(request, info, headers, handler)
+            )
         except ApiError as err:
             response = error_response(err)
         except web.HTTPException as exc:
