@@ -11,11 +11,18 @@ import warnings
 import zlib
 from functools import cache
 
-from hypothesis import event, example, given
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from bot.cogs.imagine._cog import _reduce
+from bot.jobs.policy import Defaults, Limits, Params, PolicyError, aspect_size, resolve
 from engine import bounds, pictures
+from engine.jobs import JobBook
+from engine.loading import ModelSource
+from engine.loras import LoraLibrary
+from engine.protocol import GenerateRequest, JobKind
+from engine.requests import prepare_job
 
 from .strategies import assert_friendly
 
@@ -191,3 +198,42 @@ def test_every_seed_is_accepted_as_it_is():
     for name, data in seeds().items():
         picture = pictures.normalize(data)
         assert (picture.width, picture.height) in ((16, 12), (12, 16)), name
+
+
+@st.composite
+def any_shape_picture(draw: st.DrawFn) -> bytes:
+    """A valid picture of any shape up to 300 pixels a side (1×300 included), in an accepted format."""
+    size = (draw(st.integers(1, 300)), draw(st.integers(1, 300)))
+    fmt = draw(st.sampled_from(pictures.FORMATS))
+    mode = draw(st.sampled_from(("RGB", "L", "RGBA", "P") if fmt != "JPEG" else ("RGB", "L", "CMYK")))
+    return _save(Image.new(mode, size, draw(st.integers(0, 255))), fmt)
+
+
+@settings(max_examples=80)  # each resizes a picture to up to 4 megapixels
+@given(any_shape_picture(), st.integers(1, 2048 // 64).map(lambda k: k * 64))
+def test_an_accepted_picture_becomes_an_img2img_job_the_engine_takes(data, default_size):
+    """/imagine with a picture: normalized, its shape kept at the default pixel count (the cog's rule), then
+    the engine's own checks (engine/requests.py) take the job with that picture resized to the job's size."""
+    picture = pictures.normalize(data)  # a valid picture of these sizes is always accepted
+    w, h = _reduce(picture.width, picture.height)
+    aspect = f"{w}:{h}" if max(w, h) / min(w, h) <= 4 else "1:1"
+    try:
+        width, height = aspect_size(aspect, default_size)
+        r = resolve(Params(prompt="a cat", aspect=aspect), Defaults(size=default_size), Limits.table())
+    except PolicyError as exc:
+        assert_friendly(str(exc))
+        return
+    assert (r.width, r.height) == (width, height)
+    request = GenerateRequest(
+        job_id="fuzz", prompt=r.prompt, seed=r.seed, steps=r.steps, width=width, height=height,
+        sampler=r.sampler, kind=JobKind.IMG2IMG, strength=r.strength, init_image=picture.png,
+    )  # fmt: skip
+    job = prepare_job(
+        request,
+        book=JobBook(),
+        resolve_model=lambda _: ModelSource("hub", "m", "m"),
+        loras=LoraLibrary(None),
+        tokenizer=None,
+    )
+    assert job.init_image is not None and job.init_image.size == (width, height)
+    assert job.init_image.mode == "RGB"

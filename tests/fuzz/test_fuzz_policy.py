@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bot.jobs.policy import Defaults, Limits, Params, PolicyError, Resolved, parse_flags, resolve
@@ -94,6 +94,14 @@ def assert_within_bounds(r: Resolved, limit: Limits) -> None:
     assert r.model is None or 0 < len(r.model) <= bounds.MODEL_NAME_CHARS
 
 
+# Discord's longest prompt option (1500 characters), spent on what a refusal might echo back.
+@example("a --" + "x" * 1495, Defaults(), Limits.table())
+@example("a --sampler " + "z" * 1488, Defaults(), Limits.table())
+@example("a --ar " + "1" * 1493, Defaults(), Limits.table())
+@example("a --model " + "(" * 1490, Defaults(), Limits.table())
+@example("a" * 1501, Defaults(), Limits.table())
+@example("a" + " BREAK" * bounds.PROMPT_CHUNKS, Defaults(), Limits.table())
+@example("a --strength 0.0499 --steps 150", Defaults(), Limits.table())
 @given(typed_prompt, defaults, limits)
 def test_a_typed_prompt_is_refused_clearly_or_resolved_within_the_bounds(text, default, limit):
     try:
