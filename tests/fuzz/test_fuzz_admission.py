@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bot.db import Database
 from bot.db.moderation import ModerationStore
+from bot.jobs import blocklist
 from bot.jobs.admission import Admission
 from bot.jobs.limits import SPECS, LimitName, Scope
 from bot.jobs.policy import Defaults, PolicyError, parse_flags
@@ -91,5 +92,59 @@ def test_admitted_jobs_stay_within_the_members_limits_and_quotas(tmp_path: Path)
 
         try:
             admit_all()
+        finally:
+            loop.run(db.close())
+
+
+blocked_word = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=15).filter(
+    lambda t: "--" not in t and "—" not in t
+)
+
+
+def test_a_prompt_with_a_blocked_term_is_never_admitted(tmp_path: Path) -> None:
+    """Terms go through the database and the blocklist checker as /blocklist add stores them; a prompt or
+    negative holding one, anywhere, is refused (for it, or for another reason), never admitted."""
+    guilds = itertools.count(5000)
+    settings_ = Settings.from_env({"DISCORD_TOKEN": "t"}, env_file=None)
+    with asyncio.Runner() as loop:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+        loop.run(db.migrate())
+        store = ModerationStore(db.sessions)
+
+        @settings(max_examples=80)
+        @given(st.lists(blocked_word, min_size=1, max_size=3), typed_prompt, st.booleans(), st.data())
+        def ask(terms: list[str], text: str, in_negative: bool, data: st.DataObject) -> None:
+            guild = next(guilds)
+            stored = []
+            for raw in terms:
+                try:
+                    blocklist.compile_term(raw)  # what /blocklist add checks before storing
+                except PolicyError as exc:
+                    assert_friendly(str(exc))
+                    continue
+                loop.run(store.add_term(guild, raw, actor_id=ADMIN))
+                stored.append(raw)
+            if not stored:
+                return
+            term = data.draw(st.sampled_from(stored))
+            try:
+                params = parse_flags(text)
+            except PolicyError:
+                return
+            if in_negative:
+                params = dataclasses.replace(params, negative=f"{params.negative or ''} {term}")
+            else:
+                params = dataclasses.replace(params, prompt=f"{term} {params.prompt}")
+            admission = Admission(store, settings_, clock=lambda: NOON)
+            try:
+                admitted = loop.run(admission.admit(Who(guild), params, Defaults()))
+            except PolicyError as exc:
+                assert_friendly(str(exc))
+                event("refused")
+                return
+            raise AssertionError(f"admitted with {term!r} in it: {admitted.resolved}")
+
+        try:
+            ask()
         finally:
             loop.run(db.close())
