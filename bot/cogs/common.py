@@ -8,11 +8,13 @@ but a guild can loosen it in its integration settings; the check here runs on ev
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import discord
 from discord import app_commands
@@ -67,6 +69,43 @@ async def reply(interaction: discord.Interaction, content: str, *, ephemeral: bo
         await interaction.followup.send(**fields)
     else:
         await interaction.response.send_message(**fields)
+
+
+AUTOCOMPLETE_BUDGET = 2.0  # seconds: Discord gives an autocomplete 3 s and no way to defer it
+
+
+async def within_budget(work: Awaitable[list[T]]) -> list[T]:
+    """An autocomplete's choices, or none when finding them (a database read, a folder walk) is slow:
+    an empty list in time beats an answer Discord has already dropped."""
+    try:
+        return await asyncio.wait_for(work, AUTOCOMPLETE_BUDGET)
+    except TimeoutError:
+        log.info("an autocomplete ran out of time; answered with no choices")
+        return []
+
+
+def is_public(command: object) -> bool:
+    """Whether a command answers the channel (``extras={"public": True}``, e.g. /stats) or only the caller."""
+    extras = getattr(command, "extras", None)
+    return bool(isinstance(extras, dict) and extras.get("public"))
+
+
+async def refuse_after_defer(interaction: discord.Interaction, text: str) -> None:
+    """Answer a refusal privately although the command was deferred publicly.
+
+    After a "thinking" defer, Discord turns the first followup into the deferred message and keeps the
+    defer's visibility, so an ephemeral followup alone would show the refusal to the whole channel. The
+    public "thinking…" is deleted first (the channel sees it vanish, as with other bots), then the
+    refusal is a fresh ephemeral followup. Should the delete fail, the refusal replaces the "thinking…"
+    instead of leaving it spinning."""
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(**within_limits({"content": text}))
+        return
+    with contextlib.suppress(discord.HTTPException):
+        await interaction.followup.send(**within_limits({"content": text, "ephemeral": True}))
 
 
 # ------------------------------------------------------------------------------------------ the sender
@@ -162,7 +201,15 @@ def seconds(value: float) -> str:
 
 
 class FriendlyErrors(commands.Cog):
-    """A cog of this bot whose command errors become ephemeral explanations, logged when unexpected."""
+    """A cog of this bot whose command errors become ephemeral explanations, logged when unexpected.
+
+    Its commands are acknowledged before they run (:meth:`interaction_check` runs first, ahead of the
+    admin check, the database and any network): Discord drops an interaction not answered within 3 s, and
+    a busy database alone can take longer. Privately, unless the command is public (:func:`is_public`).
+    A cog that acknowledges by itself (the /imagine cog, which answers some refusals at once) sets
+    ``defer_first = False``."""
+
+    defer_first: ClassVar[bool] = True
 
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
@@ -172,6 +219,11 @@ class FriendlyErrors(commands.Cog):
         """Limits, bans, blocked terms, the audit log and usage queries (admission's own store, so that
         its cache of each guild's rules sees every change)."""
         return self.bot.admission.store
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if self.defer_first and not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=not is_public(interaction.command), thinking=True)
+        return True
 
     async def cog_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -200,6 +252,9 @@ class FriendlyErrors(commands.Cog):
             )
             text = "❌ Sorry, something went wrong on my side. Please try again in a moment."
         try:
-            await reply(interaction, text)
+            if is_public(interaction.command) and interaction.response.is_done():
+                await refuse_after_defer(interaction, text)  # a refusal is the caller's, not the channel's
+            else:
+                await reply(interaction, text)
         except discord.HTTPException as exc:
             log.info("could not send an error reply: %s", exc)

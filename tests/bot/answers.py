@@ -49,3 +49,15 @@ def went_ahead(inter: Any) -> bool:
         and not inter.original.deleted
         and not inter.late
     )
+
+
+def answer(inter: Any) -> str:
+    """The text the member was finally shown: a direct response, a defer filled in by the bot, or the
+    private note after a withdrawn defer (call :func:`settled` first)."""
+    note = refusal(inter)
+    if note is not None:
+        return note
+    if inter.deferred:
+        return inter.original.content if inter.original is not None else ""
+    return (inter.callbacks[0].get("data") or {}).get("content", "") if inter.callbacks else ""
+

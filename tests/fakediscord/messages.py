@@ -38,6 +38,7 @@ from .permissions import ALL_PERMISSIONS, MENTION_EVERYONE, SEND_TTS_MESSAGES, U
 # A custom emoji in content; the fake's guilds have no emojis of their own, so every one is external.
 CUSTOM_EMOJI = re.compile(r"<a?:(\w+):\d+>")
 EVERYONE_MENTION = re.compile(r"@(everyone|here)\b")
+USER_MENTION = re.compile(r"<@!?(\d{1,20})>")
 
 
 class MessageRules:
@@ -69,7 +70,7 @@ class MessageRules:
             "edited_timestamp": msg.edited_timestamp,
             "tts": msg.tts,
             "mention_everyone": msg.mention_everyone,
-            "mentions": [],
+            "mentions": [self.users[u].to_json() for u in msg.mentions if u in self.users],
             "mention_roles": [],
             "attachments": [a.to_json() for a in msg.attachments],
             "embeds": msg.embeds,
@@ -276,6 +277,12 @@ class MessageRules:
         msg.mention_everyone = bool(
             EVERYONE_MENTION.search(content) and parses_everyone and perms & MENTION_EVERYONE
         )
+        # A user mention pings when allowed_mentions parses users or lists that user (Discord's rules).
+        listed = {int(u) for u in (allowed or {}).get("users") or []}
+        parses_users = allowed is None or "users" in (allowed.get("parse") or [])
+        msg.mentions = [
+            uid for uid in map(int, USER_MENTION.findall(content)) if parses_users or uid in listed
+        ]
 
     def delete_message(self, msg: FakeMessage) -> None:
         msg.deleted = True

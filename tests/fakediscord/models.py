@@ -333,6 +333,7 @@ class FakeMessage:
     edited_timestamp: str | None = None
     interaction_metadata: dict[str, Any] | None = None
     mention_everyone: bool = False  # @everyone/@here that actually pinged (allowed and permitted)
+    mentions: list[int] = field(default_factory=list)  # ids of the users the message actually pinged
     tts: bool = False
 
     @property

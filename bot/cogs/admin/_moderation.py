@@ -13,6 +13,7 @@ from bot.cogs.common import (
     code,
     lines_within,
     reply,
+    within_budget,
 )
 from bot.jobs.blocklist import CHECKER
 from bot.jobs.policy import PolicyError
@@ -120,7 +121,8 @@ class ModerationCog(FriendlyErrors):
         if interaction.guild_id is None or not caller_is_admin(interaction):
             return []
         wanted = current.lower()
-        terms = [t for t in await self.store.terms(interaction.guild_id) if wanted in t.lower()]
+        known = await within_budget(self.store.terms(interaction.guild_id))
+        terms = [t for t in known if wanted in t.lower()]
         return [app_commands.Choice(name=t[:100], value=t[:100]) for t in terms[:25]]
 
     @blocklist.command(name="list", description="Show the blocked terms")

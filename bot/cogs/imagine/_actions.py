@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.cogs.common import reply, send
+from bot.cogs.common import refuse_after_defer, reply, send
 from bot.cogs.imagine import _texts as texts
-from bot.cogs.imagine._replies import Deferred, refuse_after_defer
+from bot.cogs.imagine._replies import Deferred
 from bot.cogs.imagine._submit import GUILD_ONLY, Origin, Prepared, prepare
 from bot.db.models import Job, JobState
 from bot.jobs.policy import Params, PolicyError

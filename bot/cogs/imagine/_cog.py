@@ -10,9 +10,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import FriendlyErrors, lines_within, safe
+from bot.cogs.common import FriendlyErrors, lines_within, refuse_after_defer, reply, safe, within_budget
 from bot.cogs.imagine._actions import REROLL_EMOJI, reroll_from_reaction
-from bot.cogs.imagine._replies import refuse_after_defer
 from bot.cogs.imagine._submit import Origin, defaults_of, prepare
 from bot.cogs.imagine._views import JobButton
 from bot.jobs.policy import ASPECTS, Limits, Params, PolicyError, aspect_size, parse_flags, resolve
@@ -41,6 +40,8 @@ Admins: **/limits**, **/ban**, **/blocklist**, **/queue**, **/stats**."""
 
 
 class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explanations
+    defer_first = False  # /imagine answers table refusals at once and defers publicly itself
+
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(JobButton)
         self.bot.courier.start_sweeping()
@@ -134,15 +135,16 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     async def _model_names(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = list_models(
-            self.bot.settings.models_dir, allow_pickle=self.bot.settings.allow_pickle_checkpoints
+        s = self.bot.settings
+        names = await within_budget(
+            asyncio.to_thread(list_models, s.models_dir, allow_pickle=s.allow_pickle_checkpoints)
         )
         wanted = current.lower()
         return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names if wanted in n.lower()][:25]
 
     @app_commands.command(name="help", description="How to use the image bot")
     async def help(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(HELP, ephemeral=True)
+        await reply(interaction, HELP)
 
     @app_commands.command(name="loras", description="The LoRAs you can use in a prompt as <lora:name:0.8>")
     async def loras(self, interaction: discord.Interaction) -> None:
@@ -150,8 +152,10 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         if s.engine_transport != "local":
             text = "LoRAs live on the GPU workers here; ask an admin which ones they have."
         else:
+            await interaction.response.defer(ephemeral=True, thinking=True)  # before walking the folder
             folder = lora_tags.default_folder(s.lora_dir, s.models_dir)
-            names = lora_tags.LoraLibrary(folder, allow_pickle=s.allow_pickle_checkpoints).names()
+            library = lora_tags.LoraLibrary(folder, allow_pickle=s.allow_pickle_checkpoints)
+            names = await asyncio.to_thread(library.names)
             if not names:
                 text = "This server has no LoRAs set up (an admin can point `LORA_DIR` at a folder of them)."
             else:
@@ -159,7 +163,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 text = lines_within(
                     [f"Add one to a prompt like this: {example}", *(f"• `{n}`" for n in names)]
                 )
-        await interaction.response.send_message(text, ephemeral=True)
+        await reply(interaction, text)
 
     def _check_model(self, name: str | None) -> None:
         if name is None:

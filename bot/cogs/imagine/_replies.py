@@ -8,7 +8,6 @@ Progress edits are throttled and dropped when one is still in flight; the final 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -98,21 +97,3 @@ async def edit_status(reply: LiveReply, **fields: object) -> None:
             await reply.edit(**fields)
         except discord.HTTPException as exc:
             log.debug("status edit failed: %s", exc)
-
-
-async def refuse_after_defer(interaction: discord.Interaction, text: str) -> None:
-    """Answer a refusal privately although the command was deferred publicly.
-
-    After a "thinking" defer, Discord turns the first followup into the deferred message and keeps the
-    defer's visibility, so an ephemeral followup alone would show the refusal to the whole channel. The
-    public "thinking…" is deleted first (the channel sees it vanish, as with other bots), then the
-    refusal is a fresh ephemeral followup. Should the delete fail, the refusal replaces the "thinking…"
-    instead of leaving it spinning."""
-    try:
-        await interaction.delete_original_response()
-    except discord.HTTPException:
-        with contextlib.suppress(discord.HTTPException):
-            await interaction.edit_original_response(content=text)
-        return
-    with contextlib.suppress(discord.HTTPException):
-        await interaction.followup.send(text, ephemeral=True)

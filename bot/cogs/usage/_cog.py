@@ -64,7 +64,9 @@ class UsageCog(FriendlyErrors):
             )
         await reply(interaction, "\n".join(lines))
 
-    @app_commands.command(name="stats", description="This server's totals, top users, waits and queue")
+    @app_commands.command(
+        name="stats", description="This server's totals, top users, waits and queue", extras={"public": True}
+    )
     @app_commands.guild_only()
     async def stats(self, interaction: discord.Interaction) -> None:
         guild_id = interaction.guild_id

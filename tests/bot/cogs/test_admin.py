@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.bot.answers import refusal, settled, went_ahead
+from tests.bot.answers import answer, refusal, settled, went_ahead
 from tests.bot.jobs.scripted import ScriptedTransport, scripted_bot, scripted_settings
 from tests.fakediscord.state import MANAGE_GUILD
 
@@ -49,9 +49,8 @@ async def run(world, name, options=None, *, user, guild=None, channel=None, **kw
     guild = guild or world.a
     channel = channel or (world.chan_a if guild is world.a else world.chan_b)
     inter = await world.fake.invoke(name, options or {}, guild=guild, channel=channel, user=user, **kw)
-    await inter.wait_response()
-    if name == "imagine":  # deferred before the database: refusals follow the defer (tests/bot/answers.py)
-        await settled(world.fake, inter)
+    # Commands acknowledge before the database: the answer follows the defer (tests/bot/answers.py).
+    await settled(world.fake, inter)
     return inter
 
 
@@ -63,7 +62,7 @@ async def jobs_recorded(world, tmp_path, count):
 
 
 def text(inter):
-    return refusal(inter) or (inter.callbacks[0].get("data") or {}).get("content", "")
+    return answer(inter)
 
 
 async def test_admin_commands_are_gated_by_discord_and_by_the_bot(world, bot_for, tmp_path):

@@ -9,7 +9,7 @@ import sqlite3
 from PIL import Image
 
 from engine.pnginfo import read_png_parameters
-from tests.bot.answers import refusal, settled
+from tests.bot.answers import answer, refusal, settled
 from tests.waiting import wait_until
 
 REROLL = "🔄"
@@ -342,8 +342,8 @@ async def test_lora_tags_from_the_a1111_folder_and_unknown_ones(
         # (Markdown-escaped: Discord shows `ink\_style` as ink_style.)
         assert "unknown LoRA 'watercolor'" in text and "ink\\_style" in text
         listed = await fake.invoke("loras", {}, guild=guild, channel=channel, user=alice)
-        await listed.wait_response()
-        text = listed.callbacks[0]["data"]["content"]
+        await settled(fake, listed)  # deferred before walking the LoRA folder
+        text = answer(listed)
         assert listed.ephemeral and "• `ink_style`" in text and "<lora:ink_style:0.8>" in text
         _, message = await _imagine(fake, guild, channel, alice, "a cat <lora:ink_style:0.8>", count=1)
         params = read_png_parameters(message.attachments[0].data)

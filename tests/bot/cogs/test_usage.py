@@ -4,6 +4,7 @@ import sqlite3
 
 import pytest
 
+from tests.bot.answers import answer, settled
 from tests.bot.jobs.scripted import ScriptedTransport, scripted_bot, scripted_settings
 from tests.fakediscord.plugin import make_world
 
@@ -19,12 +20,12 @@ async def run(world, name, options=None, *, user, channel=None):
     inter = await world.fake.invoke(
         name, options or {}, guild=world.guild, channel=channel or world.channel, user=user
     )
-    await inter.wait_response()
+    await settled(world.fake, inter)  # acknowledged first, answered after the database read
     return inter
 
 
 def text(inter):
-    return (inter.callbacks[0].get("data") or {}).get("content", "")
+    return answer(inter)
 
 
 async def make_pictures(world, tmp_path, jobs):
@@ -77,7 +78,7 @@ async def test_usage_and_stats(world, tmp_path):
         top = body.split("**Top users**")[1]
         assert top.index(f"<@{world.member.id}> — 6 images") < top.index(f"<@{world.carol.id}> — 1 image\n")
         # Mentions in /stats are shown, never pinged.
-        assert stats.callbacks[0]["data"]["allowed_mentions"]["parse"] == []
+        assert f"<@{world.member.id}>" in body and stats.original.mentions == []
 
 
 async def test_stats_in_an_empty_server(world, tmp_path):
