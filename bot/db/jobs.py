@@ -7,12 +7,12 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Guild, Image, Job, JobState, Usage, User, utcnow
-from bot.db.session import Sessions
+from bot.db.session import Sessions, rows_matched
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class JobStore:
                 .where(Job.id == job_id, Job.state.in_(list(from_states)))
                 .values(state=to, **values)
             )
-            return result.rowcount == 1
+            return rows_matched(result) == 1
 
     async def start_attempt(self, job_id: str) -> int | None:
         """queued → running, counting the attempt; returns the attempt number, None if not queued."""
@@ -182,7 +182,7 @@ class JobStore:
     async def undelivered(self, due_by: dt.datetime | None = None) -> list[Job]:
         """Finished jobs whose result never reached Discord and that are not given up on; with ``due_by``,
         only those whose back-off has run out by then (the sweep), else all of them (a start)."""
-        conditions = [
+        conditions: list[ColumnElement[bool]] = [
             Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
             Job.delivered_at.is_(None),
             Job.undeliverable.is_(None),

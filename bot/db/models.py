@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from engine.protocol import JobKind
@@ -37,10 +40,10 @@ class UTCDateTime(DateTime):
     def __init__(self) -> None:
         super().__init__(timezone=True)
 
-    def result_processor(self, dialect, coltype):  # type: ignore[no-untyped-def] # noqa: ANN001, ANN201
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], dt.datetime | None]:
         parent = super().result_processor(dialect, coltype)
 
-        def process(value: object) -> object:
+        def process(value: Any) -> dt.datetime | None:
             if parent is not None:
                 value = parent(value)
             if isinstance(value, dt.datetime) and value.tzinfo is None:

@@ -13,11 +13,11 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import AuditEntry, Ban, BlockedTerm, Job, JobState, LimitOverride, Usage, utcnow
-from bot.db.session import Sessions
+from bot.db.session import Sessions, rows_matched
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
@@ -71,9 +71,9 @@ class Activity:
     known_job_ids: frozenset[str]  # which of the asked-about job ids exist (admission's reservations)
 
 
-def guild_is(column: object, guild_id: int | None) -> object:
+def guild_is(column: SQLColumnExpression[int | None], guild_id: int | None) -> ColumnElement[bool]:
     # `col == None` renders IS NULL: direct messages have no guild.
-    return column == guild_id  # type: ignore[operator]
+    return column == guild_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +291,7 @@ class ModerationStore:
             result = await session.execute(
                 delete(BlockedTerm).where(BlockedTerm.guild_id == guild_id, BlockedTerm.term == term)
             )
-            if result.rowcount == 0:
+            if rows_matched(result) == 0:
                 return False
             self._audit(session, guild_id, actor_id, "blocklist.remove", "term", term, None)
             return True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Job, JobState, Usage, User
@@ -50,14 +50,14 @@ class UsageStore:
     def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
 
-    async def _totals(self, session: AsyncSession, *where: object) -> Totals:
+    async def _totals(self, session: AsyncSession, *where: ColumnElement[bool]) -> Totals:
         row = (
             await session.execute(
                 select(
                     func.coalesce(func.sum(Usage.images), 0),
                     func.coalesce(func.sum(Usage.engine_seconds), 0.0),
                     func.count(),
-                ).where(*where)  # type: ignore[arg-type]
+                ).where(*where)
             )
         ).one()
         return Totals(int(row[0]), float(row[1]), int(row[2]))
