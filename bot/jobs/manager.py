@@ -171,7 +171,12 @@ class JobManager:
         return False
 
     async def mark_delivered(self, job_id: str, message_id: int | None) -> None:
-        await self.store.mark_delivered(job_id, message_id)
+        # The message is on Discord already: a write the database refuses is waited out, not counted as a
+        # failed delivery, which a later try would post a second time (it cannot always find the first).
+        await self._db(
+            f"recording that job {job_id} was delivered",
+            lambda: self.store.mark_delivered(job_id, message_id),
+        )
 
     # ------------------------------------------------------------------------------------ dispatch
 
