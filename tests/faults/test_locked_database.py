@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime as dt
 
 from tests.bot.jobs.test_faults import write_lock
-from tests.faults.members import Club, all_settled, assert_nothing_lost, has_result, job_of, recorded
 from tests.fakediscord.permissions import READ_MESSAGE_HISTORY
+from tests.faults.members import Club, all_settled, assert_nothing_lost, has_result, job_of, recorded
 from tests.waiting import wait_until
 
 
@@ -40,7 +40,7 @@ async def test_a_locked_database_loses_nothing_and_tells_whoever_was_not_recorde
         with write_lock(db):
             # Alice's picture reaches Discord while the lock is held: the bot cannot record that yet.
             await fake.wait_until(lambda: has_result(fake, db, alice), timeout=30)
-            assert job_of(db, alice)["delivered_at"] is None  # noqa: PT018
+            assert job_of(db, alice)["delivered_at"] is None
             # Bob asks now: acknowledged at once, then told plainly that it was not recorded. (His write
             # waits its turn behind the bot's first try at recording Alice's delivery, which times out.)
             bob = await club.imagine("bob", "art", "a harbour")
@@ -67,4 +67,3 @@ async def test_a_locked_database_loses_nothing_and_tells_whoever_was_not_recorde
     rows = assert_nothing_lost(fake, db, accepted=3)
     assert {j["state"] for j in rows} == {"done"}
     assert next(j for j in rows if j["id"] == alice_id)["delivery_attempts"] == 0
-
