@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.js.api import StreamConfig
     from nats.js.client import JetStreamContext
     from nats.js.object_store import ObjectStore
 
@@ -234,20 +235,20 @@ async def unpack(
     if (info.size or 0) > cap:
         raise BlobError(f"object {name} holds {info.size} bytes; {cap} at most")
     buffer = _CappedBuffer(cap)
-    await store.get(name, writeinto=buffer)  # type: ignore[arg-type]
+    await store.get(name, writeinto=buffer)  # type: ignore[arg-type]  # nats-py wants a BufferedIOBase; uses write()
     return b"".join(buffer.chunks), name
 
 
-async def _add_stream(js: JetStreamContext, config: object) -> None:
+async def _add_stream(js: JetStreamContext, config: StreamConfig) -> None:
     from nats.js.errors import BadRequestError
 
     try:
-        await js.add_stream(config)  # type: ignore[arg-type]
+        await js.add_stream(config)
     except BadRequestError as exc:
         if exc.err_code != _STREAM_EXISTS_DIFFERENT:
             raise
         # An operator may have tuned it (replicas, limits): use it as it is.
-        log.warning("NATS stream %s exists with other settings; using it as it is", config.name)  # type: ignore[attr-defined]
+        log.warning("NATS stream %s exists with other settings; using it as it is", config.name)
 
 
 def _token(job_id: str) -> str:

@@ -184,7 +184,7 @@ class ProtocolError(ValueError):
 
 class _Packer:
     def __init__(self) -> None:
-        self.blobs = []
+        self.blobs: list[bytes] = []
 
     def pack(self, value: Any) -> Any:
         if isinstance(value, bytes | bytearray | memoryview):

@@ -6,9 +6,12 @@ when a scheduler is built.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.sampler_names import DEFAULT_SAMPLER, SAMPLER_NAMES, UnknownSamplerError, canonical_sampler
+
+if TYPE_CHECKING:
+    from diffusers.configuration_utils import ConfigMixin  # every scheduler's base with from_config()
 
 __all__ = ["DEFAULT_SAMPLER", "SAMPLER_NAMES", "UnknownSamplerError", "canonical_sampler", "make_scheduler"]
 
@@ -57,7 +60,7 @@ _SCHEDULE_KEYS = (
 )
 
 
-def _lms_class() -> type:
+def _lms_class() -> type[ConfigMixin]:
     """diffusers' LMSDiscreteScheduler integrates its coefficients with scipy; without scipy, a subclass
     does it exactly with Gauss-Legendre quadrature (the integrand is a polynomial of degree order - 1)."""
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
@@ -90,7 +93,9 @@ def make_scheduler(name: str | None, base_config: Any) -> Any:
     import diffusers
 
     cls_name, extra = _TABLE[canonical_sampler(name)]
-    cls = _lms_class() if cls_name == "LMSDiscreteScheduler" else getattr(diffusers, cls_name)
+    cls: type[ConfigMixin] = (
+        _lms_class() if cls_name == "LMSDiscreteScheduler" else getattr(diffusers, cls_name)
+    )
     config = {k: base_config[k] for k in _SCHEDULE_KEYS if k in base_config}
     if config.get("trained_betas") is None:
         config.pop("trained_betas", None)
