@@ -4,9 +4,16 @@ the JobManager decides order and admission."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from enum import Enum
 from typing import Protocol
 
 from engine.protocol import Event, GenerateRequest
+
+
+class Closed(Enum):
+    """What a transport's close() puts on its event queue, after every event: the end of events()."""
+
+    CLOSED = "closed"
 
 
 class Transport(Protocol):

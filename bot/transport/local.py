@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.shutdown import WORKER_GRACE
+from bot.transport.base import Closed
 from engine.protocol import (
     Cancel,
     Event,
@@ -24,6 +25,7 @@ from engine.protocol import (
     JobCancelled,
     JobDone,
     JobFailed,
+    Message,
     ProtocolError,
     Shutdown,
     Submit,
@@ -33,8 +35,6 @@ from engine.protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-_CLOSED = object()
 
 
 @dataclass(slots=True)
@@ -105,7 +105,7 @@ class LocalTransport:
         self.options = options
         self.restart_delay = restart_delay
         self._workers = [_Worker(f"local-{i}", self._device_for(i, workers)) for i in range(workers)]
-        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._events: asyncio.Queue[Event | Closed] = asyncio.Queue()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -154,7 +154,10 @@ class LocalTransport:
         code = await proc.wait()
         self._on_exit(worker, code)
 
-    def _on_message(self, worker: _Worker, message: object) -> None:
+    def _on_message(self, worker: _Worker, message: Message) -> None:
+        if isinstance(message, Submit | Cancel | Shutdown):  # a worker sends events only; nothing to act on
+            log.warning("engine worker %s sent a %s; ignored", worker.worker_id, type(message).__name__)
+            return
         if isinstance(message, WorkerReady):
             worker.ready = True
             worker.max_batch = max(1, message.max_batch)
@@ -229,9 +232,9 @@ class LocalTransport:
     async def events(self) -> AsyncIterator[Event]:
         while True:
             item = await self._events.get()
-            if item is _CLOSED:
+            if item is Closed.CLOSED:
                 return
-            yield item  # type: ignore[misc]
+            yield item
 
     async def close(self, grace: float = WORKER_GRACE) -> None:
         """Stop every worker at once, each within ``grace`` seconds (then killed).
@@ -248,7 +251,7 @@ class LocalTransport:
             if worker.reader is not None:  # the last frames of a stopped worker, then its exit
                 await asyncio.wait({worker.reader}, timeout=2.0)
                 worker.reader.cancel()
-        self._events.put_nowait(_CLOSED)
+        self._events.put_nowait(Closed.CLOSED)
 
     async def _stop(self, worker: _Worker, grace: float) -> None:
         proc = worker.proc

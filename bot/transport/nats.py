@@ -30,10 +30,11 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from bot.transport.base import Closed
 from bot.transport.nats_roster import WorkerRoster
 from engine.nats_connect import NatsAuth, connect_with_retry, redact, retry_until_stopped
 from engine.nats_heartbeat import read_heartbeat
@@ -70,7 +71,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CLOSED = object()
 RESULTS_ACK_WAIT = 30.0  # extended while the JobManager saves a result's images; acked after that
 REMEMBER_RESULTS = 10_000  # ids of jobs whose result came in, newest kept (re-submits follow a restart)
 
@@ -110,7 +110,7 @@ class NatsTransport:
         self._cancel_wanted: set[str] = set()
         self._results_in: OrderedDict[str, None] = OrderedDict()  # jobs whose result was read, newest last
         self._publishing: dict[str, asyncio.Task[None]] = {}  # submits waiting for the broker
-        self._events: asyncio.Queue[_Item | object] = asyncio.Queue()
+        self._events: asyncio.Queue[_Item | Closed] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
 
@@ -121,8 +121,8 @@ class NatsTransport:
         # and jobs wait in the JobManager until a worker announces itself.
         self._spawn(self._connect_and_serve(), "nats-connect")
 
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -192,7 +192,7 @@ class NatsTransport:
             with contextlib.suppress(Exception):
                 await self._nc.close()
         # Jobs out on workers keep running; their results wait in the stream for the next start.
-        self._events.put_nowait(_CLOSED)
+        self._events.put_nowait(Closed.CLOSED)
 
     # ------------------------------------------------------------------------------------- capacity
 
@@ -316,10 +316,10 @@ class NatsTransport:
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
-                item = await self._result_item(msg)
-                if item is None:
+                result = await self._result_item(msg)
+                if result is None:
                     continue
-                job_id = item.event.job_id  # type: ignore[union-attr]
+                job_id, item = result
                 self._job_ended(job_id)
                 self._results_in[job_id] = None
                 while len(self._results_in) > REMEMBER_RESULTS:
@@ -336,7 +336,8 @@ class NatsTransport:
                         with contextlib.suppress(Exception):
                             await msg.in_progress()
 
-    async def _result_item(self, msg: Msg) -> _Item | None:
+    async def _result_item(self, msg: Msg) -> tuple[str, _Item] | None:
+        """The result's job id and its queue item; None for a result dropped as unreadable or not ours."""
         assert self._store is not None
         try:
             body, object_name = await unpack(self._store, msg.data, msg.headers)
@@ -354,7 +355,7 @@ class NatsTransport:
             with contextlib.suppress(Exception):
                 await msg.term()
             return None
-        return _Item(event, msg, object_name, asyncio.Event())
+        return event.job_id, _Item(event, msg, object_name, asyncio.Event())
 
     def _own_result(
         self, msg: Msg, event: JobDone | JobFailed | JobCancelled, object_name: str | None
@@ -382,9 +383,8 @@ class NatsTransport:
     async def events(self) -> AsyncIterator[Event]:
         while True:
             item = await self._events.get()
-            if item is _CLOSED:
+            if item is Closed.CLOSED:
                 return
-            assert isinstance(item, _Item)
             yield item.event
             # Resumed: the JobManager has handled the event (it awaits each one before asking for the next).
             if item.msg is not None:
