@@ -40,6 +40,7 @@ async def test_a_locked_database_loses_nothing_and_tells_whoever_was_not_recorde
         with write_lock(db):
             # Alice's picture reaches Discord while the lock is held: the bot cannot record that yet.
             await fake.wait_until(lambda: has_result(fake, db, alice), timeout=30)
+            fake.latency.webhooks = None
             assert job_of(db, alice)["delivered_at"] is None
             # Bob asks now: acknowledged at once, then told plainly that it was not recorded. (His write
             # waits its turn behind the bot's first try at recording Alice's delivery, which times out.)
@@ -51,7 +52,6 @@ async def test_a_locked_database_loses_nothing_and_tells_whoever_was_not_recorde
             usage = await fake.invoke("usage", {}, guild=club.guild, channel=club.channels["art"],
                                       user=club.members["carol"])  # fmt: skip
             await fake.wait_until(lambda: any("Usage for" in m.content for m in usage.followups), timeout=30)
-        fake.latency.webhooks = None
         # The lock is gone: Dave's result, finished meanwhile, is posted; both are recorded as delivered
         # without waiting for the redelivery sweep.
         await fake.wait_until(lambda: has_result(fake, db, dave), timeout=60)
