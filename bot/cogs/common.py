@@ -20,11 +20,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.client import ImagineBot
 from bot.jobs.policy import PolicyError
 from bot.permissions import is_admin
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
     from bot.db.moderation import ModerationStore
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,16 @@ class NotAdmin(app_commands.CheckFailure):
     """The caller is not an admin of the guild the command was used in."""
 
 
+def bot_of(interaction: discord.Interaction) -> ImagineBot:
+    """The bot an interaction reached: discord.py types ``interaction.client`` as any Client."""
+    client = interaction.client
+    if not isinstance(client, ImagineBot):
+        raise TypeError(f"interaction handled by a {type(client).__name__}, not the ImagineBot")
+    return client
+
+
 def caller_is_admin(interaction: discord.Interaction) -> bool:
-    bot: ImagineBot = interaction.client  # type: ignore[assignment]
+    bot = bot_of(interaction)
     return interaction.guild_id is not None and is_admin(
         bot.settings, interaction.user, interaction.permissions
     )

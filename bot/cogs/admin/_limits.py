@@ -91,7 +91,7 @@ class LimitsCog(FriendlyErrors):
         target_of(interaction, role, user)  # validates the combination and the role
         overrides = overrides_of(await self.store.overrides(guild_id))
         if user is not None:
-            roles = [r.id for r in user.roles] if isinstance(user, discord.Member) else []
+            roles: list[int] = [r.id for r in user.roles] if isinstance(user, discord.Member) else []
             effective = resolve(self.bot.admission.defaults, overrides, user_id=user.id, role_ids=roles)
             title = f"**Limits for <@{user.id}>**"
         elif role is not None:

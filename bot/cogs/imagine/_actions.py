@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,8 +77,9 @@ async def _answer(interaction: discord.Interaction, action: Action, text: str) -
         await refuse_after_defer(interaction, text)
 
 
-def _params_of(job: Job, **changes: object) -> Params:
-    values: dict[str, object] = dict(
+def _params_of(job: Job) -> Params:
+    """What ``job`` was asked with; a button's changes go over it with ``dataclasses.replace``."""
+    return Params(
         prompt=job.prompt,
         negative=job.negative_prompt,
         seed=job.seed,
@@ -88,8 +90,6 @@ def _params_of(job: Job, **changes: object) -> Params:
         model=job.model,
         strength=job.strength,
     )
-    values.update(changes)
-    return Params(**values)  # type: ignore[arg-type]  # the keys are Params' own fields
 
 
 def _may_manage(bot: ImagineBot, interaction: discord.Interaction, job: Job) -> bool:
@@ -172,7 +172,7 @@ async def derive(bot: ImagineBot, origin: Origin, job: Job, action: Action, inde
         return await prepare(
             bot,
             origin,
-            _params_of(job, seed=None),
+            replace(_params_of(job), seed=None),
             kind=job.kind,
             init_image_path=job.init_image_path,
             size=(job.width, job.height),
@@ -186,7 +186,7 @@ async def derive(bot: ImagineBot, origin: Origin, job: Job, action: Action, inde
         return await prepare(
             bot,
             origin,
-            _params_of(job, seed=image.seed, count=1, strength=UPSCALE_STRENGTH),
+            replace(_params_of(job), seed=image.seed, count=1, strength=UPSCALE_STRENGTH),
             kind=JobKind.UPSCALE,
             init_image_path=image.path,
             size=(image.width * 2, image.height * 2),
@@ -196,7 +196,7 @@ async def derive(bot: ImagineBot, origin: Origin, job: Job, action: Action, inde
     return await prepare(
         bot,
         origin,
-        _params_of(job, seed=None, count=4, strength=VARIATION_STRENGTH),
+        replace(_params_of(job), seed=None, count=4, strength=VARIATION_STRENGTH),
         kind=JobKind.IMG2IMG,
         init_image_path=image.path,
         size=(image.width, image.height),

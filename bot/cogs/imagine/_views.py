@@ -9,16 +9,14 @@ through ``interaction.client`` (the bot's courier and stores), never through a c
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
+from bot.cogs.common import bot_of
 from bot.cogs.imagine._actions import Action, on_button
 from bot.db.models import Job
 from engine.protocol import JobKind
-
-if TYPE_CHECKING:
-    from bot.client import ImagineBot
 
 
 class JobButton(
@@ -45,14 +43,13 @@ class JobButton(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> JobButton:
         index = match["index"]
         return cls(Action(match["action"]), match["job"], int(index) if index else None)
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        bot: ImagineBot = interaction.client  # type: ignore[assignment]  # the only client this bot runs
-        await on_button(bot, interaction, self.action, self.job_id, self.index)
+        await on_button(bot_of(interaction), interaction, self.action, self.job_id, self.index)
 
 
 _LOOK: dict[Action, tuple[str | None, str | None, discord.ButtonStyle]] = {
