@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models import (
     FakeAttachment,
@@ -40,7 +40,11 @@ class UserActions:
     guild_commands: dict[int, list[dict[str, Any]]]
     interactions: dict[int, FakeInteraction]
     _by_token: dict[str, FakeInteraction]
-    connected: bool
+    if TYPE_CHECKING:  # read-only: a property of the fake that mixes this in
+
+        @property
+        def connected(self) -> bool: ...
+
     snowflake: Callable[[], int]
     find_command: Callable[[str, FakeGuild | None], dict[str, Any] | None]
     make_attachment: Callable[..., FakeAttachment]

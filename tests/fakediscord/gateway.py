@@ -12,7 +12,7 @@ import json
 import secrets
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -96,7 +96,11 @@ class Gateway:
     """Needs from the fake: token, gateway_url, bot/application identity, guilds, _changed."""
 
     token: str
-    gateway_url: str
+    if TYPE_CHECKING:  # read-only: a property of the fake that mixes this in
+
+        @property
+        def gateway_url(self) -> str: ...
+
     bot_user: FakeUser
     application_id: int
     guilds: dict[int, FakeGuild]
@@ -183,11 +187,11 @@ class Gateway:
                         conn.send(replayed)
                     session.dispatch("RESUMED", {})
                 elif op == 8 and session is not None:
-                    guild = self.guilds.get(as_int(d.get("guild_id")))
-                    if guild is not None:
+                    asked = self.guilds.get(as_int(d.get("guild_id")))
+                    if asked is not None:
                         chunk = {
-                            "guild_id": str(guild.id),
-                            "members": [m.to_json() for m in guild.members.values()],
+                            "guild_id": str(asked.id),
+                            "members": [m.to_json() for m in asked.members.values()],
                             "chunk_index": 0,
                             "chunk_count": 1,
                             "nonce": d.get("nonce"),

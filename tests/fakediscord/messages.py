@@ -8,7 +8,7 @@ from __future__ import annotations
 import mimetypes
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .models import (
@@ -52,7 +52,11 @@ class MessageRules:
     _messages_by_id: dict[int, FakeMessage]
     attachments: dict[int, FakeAttachment]
     application_id: int
-    http_base: str
+    if TYPE_CHECKING:  # read-only: a property of the fake that mixes this in
+
+        @property
+        def http_base(self) -> str: ...
+
     snowflake: Callable[[], int]
     get_message: Callable[[int], FakeMessage | None]
     _emit: Callable[..., None]
@@ -103,8 +107,11 @@ class MessageRules:
             data["message_reference"] = msg.message_reference
             ref = self.get_message(as_int(msg.message_reference.get("message_id")))
             if with_reference:
-                ok = ref is not None and not ref.deleted
-                data["referenced_message"] = self.message_json(ref, with_reference=False) if ok else None  # type: ignore[arg-type]
+                data["referenced_message"] = (
+                    self.message_json(ref, with_reference=False)
+                    if ref is not None and not ref.deleted
+                    else None
+                )
         return data
 
     # ---------------------------------------------------------------------------------- messages

@@ -152,11 +152,12 @@ class FakeChannel:
 
     def to_json(self) -> dict[str, Any]:
         if self.type == DM:
+            assert self.recipient is not None, "a DM channel is made with its recipient"
             return {
                 "id": str(self.id),
                 "type": 1,
                 "last_message_id": None,
-                "recipients": [self.recipient.to_json()],  # type: ignore[union-attr]
+                "recipients": [self.recipient.to_json()],
             }
         data: dict[str, Any] = {
             "id": str(self.id),

@@ -133,7 +133,7 @@ class InteractionRoutes:
         elif kind == 6 and component_ok:
             inter.original = inter.message
         elif kind == 7 and component_ok:
-            self.edit_message(inter.message, data, uploads, perms=perms)  # type: ignore[arg-type]
+            self.edit_message(inter.message, data, uploads, perms=perms)
             inter.original = message = inter.message
         elif kind == 8 and inter.type == 4:
             choices = data.get("choices") or []

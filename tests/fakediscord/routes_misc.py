@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,7 +25,11 @@ class MiscRoutes:
     application_id: int
     bot_user: FakeUser
     app_owner: FakeUser
-    gateway_url: str
+    if TYPE_CHECKING:  # read-only: a property of the fake that mixes this in
+
+        @property
+        def gateway_url(self) -> str: ...
+
     latency: Latency
     users: dict[int, FakeUser]
     guilds: dict[int, FakeGuild]

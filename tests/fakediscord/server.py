@@ -183,7 +183,7 @@ class FakeDiscord(Gateway, UserActions, InteractionRoutes, ChannelRoutes, Thread
                 raise ApiError(401, 0, "401: Unauthorized")
             if self.invalid_requests.banned():
                 # Cloudflare's ban: 429 without Via and not JSON, so discord.py does not retry it.
-                response = web.Response(status=429, text="error code: 1015")
+                response: web.StreamResponse = web.Response(status=429, text="error code: 1015")
                 self.requests.append((request.method, request.path, 429))
                 return response
             response = (

@@ -228,8 +228,8 @@ class World(Topology, MessageRules):
             if not fut.done():
                 fut.set_result(None)
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        """Return once ``predicate()`` is true. Re-checked on every world change and every 50 ms (so
+    async def wait_until(self, predicate: Callable[[], object], timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Return once ``predicate()`` is truthy. Re-checked on every world change and every 50 ms (so
         predicates about the bot's own state work too)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

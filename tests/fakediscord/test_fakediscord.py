@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from tests.fakediscord import FakeDiscord
+from tests.fakediscord.cached import text_channel_of
 
 
 def tiny_png(width: int = 4, height: int = 3) -> bytes:
@@ -47,7 +48,7 @@ class AgainView(discord.ui.View):
 
 
 class FeedbackModal(discord.ui.Modal, title="Feedback"):
-    text = discord.ui.TextInput(label="Text", custom_id="fb:text")
+    text: discord.ui.TextInput[FeedbackModal] = discord.ui.TextInput(label="Text", custom_id="fb:text")
 
     def __init__(self) -> None:
         super().__init__(custom_id="fb")
@@ -66,7 +67,7 @@ def build_bot() -> tuple[commands.Bot, SimpleNamespace]:
         bot.add_view(AgainView())
         await bot.tree.sync()
 
-    bot.setup_hook = setup_hook  # type: ignore[method-assign]
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]  # this one bot's hook
 
     @bot.event
     async def on_raw_reaction_add(payload: discord.RawReactionActionEvent) -> None:
@@ -110,7 +111,8 @@ def build_bot() -> tuple[commands.Bot, SimpleNamespace]:
     @bot.tree.command(name="post", description="Posts to the channel and reacts")
     async def post(interaction: discord.Interaction, text: str) -> None:
         await interaction.response.send_message("ok", ephemeral=True)
-        message = await interaction.channel.send(text)  # type: ignore[union-attr]
+        assert isinstance(interaction.channel, discord.TextChannel)
+        message = await interaction.channel.send(text)
         seen.sent.append(message)
         await message.add_reaction("👍")
 
@@ -149,11 +151,11 @@ def where(world: SimpleNamespace, user: object = None) -> dict:
 async def test_login_ready_and_guilds(fake_discord: FakeDiscord, discord_world, discord_client) -> None:
     bot, _ = build_bot()
     async with discord_client(bot):
-        assert bot.user.id == fake_discord.bot_user.id
+        assert bot.user is not None and bot.user.id == fake_discord.bot_user.id
         guild = bot.get_guild(discord_world.guild.id)
         assert guild is not None and guild.name == "Test Guild"
         assert {c.name for c in guild.text_channels} == {"general", "art-nsfw"}
-        assert guild.get_channel(discord_world.nsfw_channel.id).nsfw
+        assert text_channel_of(bot, discord_world.nsfw_channel.id).nsfw
         assert guild.me is not None and guild.owner_id == discord_world.owner.id
         names = {c["name"] for c in fake_discord.commands_for(None)}
         assert {"imagine", "secret", "remix", "style"} <= names
@@ -360,7 +362,7 @@ async def test_bot_restart_sees_world_and_edits_old_message(
     bot2, _ = build_bot()
     async with discord_client(bot2):
         assert fake_discord.identifies == 2
-        channel = bot2.get_guild(discord_world.guild.id).get_channel(discord_world.channel.id)
+        channel = text_channel_of(bot2, discord_world.channel.id)
         await channel.get_partial_message(old.id).edit(content="after restart")
         assert old.content == "after restart" and old.edits == 1
         fetched = await channel.fetch_message(old.id)

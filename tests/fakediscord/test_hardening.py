@@ -24,6 +24,7 @@ from tests.fakediscord import (
     VIEW_CHANNEL,
     FakeDiscord,
 )
+from tests.fakediscord.cached import guild_of, text_channel_of, thread_of
 
 GUILD_READY = 0.05
 
@@ -38,7 +39,7 @@ def make_bot() -> tuple[commands.Bot, SimpleNamespace]:
     async def setup_hook() -> None:
         await bot.tree.sync()
 
-    bot.setup_hook = setup_hook  # type: ignore[method-assign]
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]  # this one bot's hook
 
     @bot.tree.command(name="fetch_first", description="Downloads the image, then answers (wrong order)")
     async def fetch_first(interaction: discord.Interaction, image: discord.Attachment) -> None:
@@ -101,7 +102,7 @@ async def test_cdn_latency_kills_an_interaction_that_downloads_before_deferring(
         await fake_discord.wait_until(lambda: seen.errors and ok.original and not ok.original.loading, 15)
         assert late.late and not late.callbacks and late.rejected[0][0] == 10062
         assert seen.errors[0].code == 10062 and seen.errors[0].status == 404
-        assert ok.deferred and ok.original.content == "read 64"
+        assert ok.deferred and ok.original is not None and ok.original.content == "read 64"
 
 
 async def test_rest_latency_per_route_class_counts_toward_the_deadline(
@@ -118,7 +119,7 @@ async def test_rest_latency_per_route_class_counts_toward_the_deadline(
         fake_discord.interaction_deadline = 3.0  # Discord's; 0.3 s would make the good case load-dependent
         fine = await fake_discord.invoke("ping", **where(discord_world))
         await fine.wait_response(5)
-        assert fine.original.content == "pong" and not fine.late
+        assert fine.original is not None and fine.original.content == "pong" and not fine.late
         with pytest.raises(AttributeError):
             fake_discord.latency.interaction = 1.0  # type: ignore[attr-defined]  # typo: not silently ignored
 
@@ -171,7 +172,9 @@ async def test_replies_need_read_message_history(
     async with discord_client() as bot:
         cached = bot.get_channel(channel.id)
         reply = await cached.get_partial_message(said.id).reply("answer")
-        assert fake_discord.get_message(reply.id).message_reference["message_id"] == str(said.id)
+        sent = fake_discord.get_message(reply.id)
+        assert sent is not None and sent.message_reference is not None
+        assert sent.message_reference["message_id"] == str(said.id)
         # @everyone's deny beats the bot role's grant (no role overwrite allows it back).
         fake_discord.set_overwrite(channel, guild.everyone, deny=READ_MESSAGE_HISTORY)
         with pytest.raises(discord.Forbidden) as denied:
@@ -193,6 +196,7 @@ async def test_interaction_responses_follow_the_bots_channel_permissions(
         inter = await fake_discord.invoke("loud", **where(discord_world))
         await fake_discord.wait_until(lambda: len(inter.followups) == 1, 5)
         assert not seen.app_permissions[0].send_messages and not seen.app_permissions[0].attach_files
+        assert inter.original is not None
         messages = [inter.original, *inter.followups]
         assert [m.content for m in messages] == ["@everyone :blob: edited", "@everyone :blob: more"]
         assert all(m.attachments and not m.mention_everyone for m in messages)
@@ -239,23 +243,24 @@ async def test_threads_public_private_archived(
     older = fake_discord.add_thread(channel, "from before the bot started")
     bot, seen = make_bot()
     async with discord_client(bot):
-        assert bot.get_guild(guild.id).get_thread(older.id).name == older.name  # via GUILD_CREATE
+        assert thread_of(bot, guild.id, older.id).name == older.name  # via GUILD_CREATE
         in_thread = await fake_discord.invoke("ping", **where(discord_world, older))
         await in_thread.wait_response(5)
-        assert in_thread.original.channel_id == older.id and in_thread.original.content == "pong"
+        answer = in_thread.original
+        assert answer is not None and answer.channel_id == older.id and answer.content == "pong"
         public = fake_discord.add_thread(channel, "chat", owner=discord_world.member)
         private = fake_discord.add_thread(channel, "secret", private=True, owner=discord_world.member)
         await fake_discord.wait_until(
             lambda: len([e for e in seen.events if e[0] == "on_thread_create"]) == 2, 5
         )
-        cached_public = bot.get_guild(guild.id).get_thread(public.id)
+        cached_public = thread_of(bot, guild.id, public.id)
         assert (
             cached_public.parent_id == channel.id and cached_public.type == discord.ChannelType.public_thread
         )
         await cached_public.send("in the thread")
         assert fake_discord.channel_messages(public)[0].content == "in the thread"
 
-        cached_private = bot.get_guild(guild.id).get_thread(private.id)
+        cached_private = thread_of(bot, guild.id, private.id)
         assert cached_private.type == discord.ChannelType.private_thread
         with pytest.raises(discord.Forbidden):  # not a member, no MANAGE_THREADS
             await cached_private.send("hello?")
@@ -272,7 +277,7 @@ async def test_threads_public_private_archived(
             await cached_public.send("too late")
         assert (archived.value.status, archived.value.code) == (400, 50083)
 
-        started = await bot.get_channel(channel.id).create_thread(
+        started = await text_channel_of(bot, channel.id).create_thread(
             name="bot's", type=discord.ChannelType.private_thread
         )
         assert (
@@ -289,13 +294,14 @@ async def test_forum_posts_are_threads(fake_discord: FakeDiscord, discord_world,
     forum = fake_discord.add_forum(guild, "gallery")
     bot, seen = make_bot()
     async with discord_client(bot):
-        cached = bot.get_guild(guild.id).get_channel(forum.id)
+        cached = guild_of(bot, guild.id).get_channel(forum.id)
         assert isinstance(cached, discord.ForumChannel)
         post = await cached.create_thread(
             name="my art", content="look", file=discord.File(io.BytesIO(b"x"), "a.png")
         )
         assert post.thread.id == post.message.id and post.thread.parent_id == forum.id
         starter = fake_discord.get_message(post.message.id)
+        assert starter is not None
         assert starter.channel_id == post.thread.id and starter.attachments[0].filename == "a.png"
         await post.thread.send("a comment")
 
@@ -316,7 +322,7 @@ async def test_channel_and_guild_delete_reach_the_bot(
     bot, seen = make_bot()
     doomed = fake_discord.add_channel(discord_world.guild, "doomed")
     async with discord_client(bot):
-        cached = bot.get_channel(doomed.id)
+        cached = text_channel_of(bot, doomed.id)
         inter = await fake_discord.invoke("ping", **where(discord_world, doomed))
         await inter.wait_response(5)
         fake_discord.delete_channel(doomed)
@@ -332,7 +338,7 @@ async def test_channel_and_guild_delete_reach_the_bot(
         assert followup_gone.value.code == 10003
 
         guild = bot.get_guild(discord_world.guild.id)
-        channel = bot.get_channel(discord_world.channel.id)
+        channel = text_channel_of(bot, discord_world.channel.id)
         fake_discord.remove_guild(discord_world.guild)
         await fake_discord.wait_until(lambda: ("on_guild_remove", guild) in seen.events, 5)
         assert bot.get_guild(discord_world.guild.id) is None

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .models import ApiError, Upload
 
@@ -37,11 +37,13 @@ async def read_body(request: web.Request) -> tuple[Any, list[Upload]]:
         reader = await request.multipart()
         total = 0
         async for part in reader:
+            if not isinstance(part, BodyPartReader):  # a multipart nested in a part: Discord has none
+                raise ApiError(400, 50035, "Invalid Form Body")
             name = part.name or ""
             if name == "payload_json":
-                payload = json.loads(await part.text())  # type: ignore[union-attr]
+                payload = json.loads(await part.text())
             elif m := re.fullmatch(r"files\[(\d+)\]", name):
-                data = await part.read(decode=False)  # type: ignore[union-attr]
+                data = await part.read(decode=False)
                 total += len(data)
                 if total > MAX_REQUEST_BODY:  # chunked uploads carry no Content-Length
                     raise ApiError(413, 40005, "Request entity too large")
