@@ -82,7 +82,7 @@ async def connected_client(
             if inspect.isawaitable(result):
                 await result
 
-        client.setup_hook = setup_hook  # type: ignore[method-assign]  # this one client's hook, wrapped
+        client.setup_hook = setup_hook  # type: ignore[method-assign]  # a per-instance hook: discord.py calls self.setup_hook()
 
     with pointed_at(fake):
         task = asyncio.create_task(client.start(token or fake.token), name="fakediscord-client")

@@ -67,7 +67,7 @@ def build_bot() -> tuple[commands.Bot, SimpleNamespace]:
         bot.add_view(AgainView())
         await bot.tree.sync()
 
-    bot.setup_hook = setup_hook  # type: ignore[method-assign]  # this one bot's hook
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]  # a per-instance hook: discord.py calls self.setup_hook()
 
     @bot.event
     async def on_raw_reaction_add(payload: discord.RawReactionActionEvent) -> None:

@@ -39,7 +39,7 @@ def make_bot() -> tuple[commands.Bot, SimpleNamespace]:
     async def setup_hook() -> None:
         await bot.tree.sync()
 
-    bot.setup_hook = setup_hook  # type: ignore[method-assign]  # this one bot's hook
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]  # a per-instance hook: discord.py calls self.setup_hook()
 
     @bot.tree.command(name="fetch_first", description="Downloads the image, then answers (wrong order)")
     async def fetch_first(interaction: discord.Interaction, image: discord.Attachment) -> None:
