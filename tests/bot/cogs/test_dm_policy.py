@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from bot.cogs.imagine._submit import GUILD_ONLY
+from tests.bot.answers import settled
 from tests.fakediscord.permissions import MANAGE_GUILD
 
 REROLL = "🔄"
@@ -75,7 +76,7 @@ async def test_a_refused_reaction_answers_privately_once(fake_discord, make_sett
         )
         ban = await fake.invoke("ban", {"user": bob, "reason": "flooding the gallery"},
                                 guild=guild, channel=channel, user=admin)  # fmt: skip
-        await ban.wait_response()
+        await settled(fake, ban)  # acknowledged first; the ban is saved before its answer
 
         for _ in range(3):  # toggling the reaction
             await fake.react(result, REROLL, user=bob)
