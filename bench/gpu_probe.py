@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import tempfile
 import time
@@ -162,7 +163,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
             return {"ms": round(s * 1000, 2), "tflops": round(flops_per_sample * b / s / 1e12, 1)}
 
         for b in (min(args.batches), big):
-            _variant(res, f"b{b}_cuda_graph", lambda b=b: cuda_graph(b))
+            _variant(res, f"b{b}_cuda_graph", functools.partial(cuda_graph, b))
 
     def fused_qkv() -> dict[str, Any]:
         unet.fuse_qkv_projections()
