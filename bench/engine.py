@@ -25,324 +25,19 @@ measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import io
 import os
-import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._stats import fmt, machine_info, summary, write_json
-
-PROMPT = "a lighthouse on a cliff at sunset, oil painting, detailed"
-NEGATIVE = "blurry, lowres"
-
-# Targets from the issue (SD 1.5 architecture, 512x512, 20 steps, one H100). Reported, never asserted.
-TARGET_FULL_QUEUE_IPS = 12.0
-TARGET_BASELINE_RATIO = 4.0
-TARGET_SINGLE_IMAGE_S = 0.3
-TARGET_PEAK_GB_AT_4 = 6.0
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-def _reset_peak(device: Any) -> None:
-    torch = _torch()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak(device: Any) -> dict[str, float | None]:
-    torch = _torch()
-    if device.type != "cuda":
-        return {"peak_allocated_gb": None, "peak_reserved_gb": None}
-    return {
-        "peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 1024**3, 3),
-        "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 1024**3, 3),
-    }
-
-
-def _free(device: Any) -> None:
-    torch = _torch()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-
-
-# ------------------------------------------------------------------------------------------- baseline
-
-
-def run_baseline(args: argparse.Namespace, device: Any, dtype: Any, n: int) -> dict[str, Any]:
-    """A plain diffusers pipeline, one request (one image) at a time, PNG-encoded before the next one."""
-    torch = _torch()
-    from diffusers import StableDiffusionPipeline
-
-    from engine.samplers import make_scheduler
-
-    try:  # the engine's own answer to which name this diffusers takes (torch_dtype was renamed dtype)
-        from engine.loading import _dtype_keyword
-
-        dtype_key = _dtype_keyword()
-    except ImportError:
-        dtype_key = "torch_dtype"
-    t_load = time.perf_counter()
-    # The plain call a bot makes.
-    pipe = StableDiffusionPipeline.from_pretrained(
-        args.model, safety_checker=None, requires_safety_checker=False, **{dtype_key: dtype}
-    )
-    pipe.scheduler = make_scheduler(args.sampler, pipe.scheduler.config)
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    load_s = time.perf_counter() - t_load
-
-    def one(seed: int) -> float:
-        t0 = time.perf_counter()
-        image = pipe(
-            PROMPT,
-            negative_prompt=NEGATIVE,
-            num_inference_steps=args.steps,
-            guidance_scale=args.cfg,
-            width=args.width,
-            height=args.height,
-            generator=torch.Generator("cpu").manual_seed(seed),
-        ).images[0]
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return time.perf_counter() - t0
-
-    try:
-        one(10_000)  # untimed: the first calls allocate and pick kernels (on a CPU the first two are slow)
-        one(10_001)
-        _reset_peak(device)
-        walls: list[float] = []
-        per_image: list[float] = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            per_image += [one(i) for i in range(n)]
-            walls.append(time.perf_counter() - t0)
-        wall = statistics.median(walls)
-        result: dict[str, Any] = {
-            "images": n,
-            "repeats": args.repeats,
-            "wall_s": round(wall, 4),
-            "images_per_s": round(n / wall, 4),
-            "s_per_image": round(wall / n, 4),
-            "images_per_s_each": [round(n / w, 4) for w in walls],
-            "single_image_s": round(statistics.median(per_image), 4),
-            "load_s": round(load_s, 2),
-            **_peak(device),
-        }
-    finally:
-        pipe = None  # drop the weights before the next phase measures its own peak memory
-        _free(device)
-    return result
-
-
-# --------------------------------------------------------------------------------------------- engine
-
-
-def _requests(n: int, args: argparse.Namespace, tag: str) -> list[Any]:
-    from engine.protocol import GenerateRequest
-
-    return [
-        GenerateRequest(
-            job_id=f"{tag}-{i}",
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE,
-            seed=i,
-            steps=args.steps,
-            cfg_scale=args.cfg,
-            width=args.width,
-            height=args.height,
-            count=1,
-            sampler=args.sampler,
-        )
-        for i in range(n)
-    ]
-
-
-def _timed_run(runner: Any, requests: list[Any]) -> tuple[float, list[Any]]:
-    from engine.protocol import JobDone
-
-    t0 = time.perf_counter()
-    results = runner.run(requests)
-    wall = time.perf_counter() - t0
-    failed = [e for e in results.values() if not isinstance(e, JobDone)]
-    if failed:
-        raise RuntimeError(f"{len(failed)} request(s) did not finish: {failed[0]!r}")
-    return wall, list(results.values())
-
-
-def run_engine_mode(
-    args: argparse.Namespace,
-    mode: str,
-    device: Any,
-    images_for: Callable[[int], int],
-    on_point: Callable[[dict[str, Any]], None],
-) -> dict[str, Any]:
-    """One Runner for the mode; for each batch size: an untimed round at that shape, then N requests."""
-    torch = _torch()
-    from engine.runner import Runner
-
-    compiled = mode == "compiled"
-    if compiled and args.static_shapes:
-        # One static graph per batch shape (an upper bound) instead of torch's automatic dynamic shapes.
-        torch._dynamo.config.automatic_dynamic_shapes = False
-        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-    t_load = time.perf_counter()
-    runner = Runner(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch=max(args.batches),
-        compile=compiled,
-        warmup=False,  # warmed up below, at the benchmark's own shapes
-    )
-    out: dict[str, Any] = {
-        "mode": mode,
-        "device": runner.device_name,
-        "dtype": str(runner.dtype).replace("torch.", ""),
-        "load_s": round(time.perf_counter() - t_load, 2),
-        "points": [],
-    }
-    try:
-        # The first calls of a fresh pipeline are slow (allocator growth, kernel selection, cuDNN/oneDNN
-        # plans; compiling in compiled mode): one untimed round at the largest batch and one alone.
-        t_warm = time.perf_counter()
-        _timed_run(runner, _requests(max(args.batches), args, "warm-all"))
-        _timed_run(runner, _requests(1, args, "warm-one"))
-        out["warmup_s"] = round(time.perf_counter() - t_warm, 2)
-        for batch in args.batches:
-            # Runner.plan reads max_batch on every batch, so one loaded model serves the whole sweep.
-            runner.max_batch = batch
-            n = images_for(batch)
-            t_warm = time.perf_counter()
-            _timed_run(runner, _requests(batch, args, f"warm{batch}"))
-            warm_s = time.perf_counter() - t_warm
-            _reset_peak(device)
-            walls: list[float] = []
-            events: list[Any] = []
-            for r in range(args.repeats):
-                wall_r, events_r = _timed_run(runner, _requests(n, args, f"b{batch}r{r}"))
-                walls.append(wall_r)
-                events += events_r
-            wall = statistics.median(walls)  # the median repeat: robust to another process's burst
-            point: dict[str, Any] = {
-                "batch": batch,
-                "images": n,
-                "repeats": args.repeats,
-                "wall_s": round(wall, 4),
-                "images_per_s": round(n / wall, 4),
-                "s_per_image": round(wall / n, 4),
-                "images_per_s_each": [round(n / w, 4) for w in walls],
-                "request_latency_ms": summary((e.engine_seconds for e in events), 1000),
-                "warmup_s": round(warm_s, 2),  # includes compiling this shape in compiled mode
-                **_peak(device),
-            }
-            if batch == 1 or batch == min(args.batches):
-                singles = []
-                for i in range(args.single_runs):
-                    wall1, _ = _timed_run(runner, _requests(1, args, f"single{i}"))
-                    singles.append(wall1)
-                out["single_image_s"] = round(statistics.median(singles), 4)
-                out["single_image_runs_s"] = [round(s, 4) for s in singles]
-            out["points"].append(point)
-            on_point(out)
-    finally:
-        runner.close()
-        del runner
-        if compiled:
-            with contextlib.suppress(Exception):
-                torch._dynamo.reset()
-        _free(device)
-    return out
-
-
-# ------------------------------------------------------------------------------------------- report
-
-
-def targets(report: dict[str, Any]) -> dict[str, Any]:
-    """The issue's H100 targets against what this run measured. They only mean something for SD 1.5 at
-    512x512, 20 steps on a GPU (``applies``); the values are reported for any run."""
-    engine = [m for m in report.get("engine", []) if m.get("points")]
-    if not engine:
-        return {}
-    config = report.get("config", {})
-    applies = (
-        config.get("size") == "512x512"
-        and config.get("steps") == 20
-        and str(config.get("device", "")).startswith("cuda")
-        and "tiny" not in str(config.get("model", ""))
-    )
-    best = max((p for m in engine for p in m["points"]), key=lambda p: p["images_per_s"])
-    singles = [m["single_image_s"] for m in engine if m.get("single_image_s") is not None]
-    at4 = [p["peak_allocated_gb"] for m in engine for p in m["points"] if p["batch"] == 4]
-    base = (report.get("baseline") or {}).get("images_per_s")
-    ratio = best["images_per_s"] / base if base else None
-    at4_known = [v for v in at4 if v is not None]
-    return {
-        "applies": applies,
-        "full_queue_images_per_s": best["images_per_s"],
-        "full_queue_best_at": {"batch": best["batch"]},
-        "full_queue_ge_12": best["images_per_s"] >= TARGET_FULL_QUEUE_IPS,
-        "vs_baseline": None if ratio is None else round(ratio, 3),
-        "vs_baseline_ge_4x": None if ratio is None else ratio >= TARGET_BASELINE_RATIO,
-        "single_image_s": min(singles) if singles else None,
-        "single_image_le_0.3s": min(singles) <= TARGET_SINGLE_IMAGE_S if singles else None,
-        "peak_gb_at_batch_4": max(at4_known) if at4_known else None,
-        "peak_at_batch_4_le_6gb": max(at4_known) <= TARGET_PEAK_GB_AT_4 if at4_known else None,
-    }
-
-
-def print_report(report: dict[str, Any]) -> None:
-    m, c = report["machine"], report["config"]
-    where = m.get("gpu") or f"{m['cpu']} ({m['cpu_cores']} cores)"
-    print(
-        f"bench.engine  {m['date']}  {where}  load {m['loadavg_1m']}\n"
-        f"  {c['size']}, {c['steps']} steps, {c['sampler']}, {c['dtype']} on {c['device']}"
-    )
-    base = report.get("baseline")
-    if base and "images_per_s" in base:
-        print(
-            f"  baseline (diffusers, 1 request at a time): {fmt(base['images_per_s'], 3)} img/s, "
-            f"{fmt(base['s_per_image'], 3)} s/img, peak {base.get('peak_allocated_gb')} GB"
-        )
-    elif base:
-        print(f"  baseline: {base.get('error')}")
-    print(f"  {'mode':<10}{'batch':>6}{'img/s':>10}{'s/img':>9}{'p50 ms':>10}{'peak GB':>9}{'x base':>8}")
-    for mode in report.get("engine", []):
-        if mode.get("error"):
-            print(f"  {mode['mode']:<10} failed: {mode['error'].splitlines()[-1]}")
-        for p in mode.get("points", []):
-            ratio = p.get("vs_baseline")
-            print(
-                f"  {mode['mode']:<10}{p['batch']:>6}{p['images_per_s']:>10.3f}{p['s_per_image']:>9.3f}"
-                f"{fmt(p['request_latency_ms']['p50'], 1):>10}{fmt(p['peak_allocated_gb'], 2):>9}"
-                f"{fmt(ratio, 2):>8}"
-            )
-        if mode.get("single_image_s") is not None:
-            print(f"  {mode['mode']:<10} one image alone: {mode['single_image_s']:.3f} s")
-    if report.get("targets"):
-        t = report["targets"]
-        print(
-            f"  best {t['full_queue_images_per_s']:.3f} img/s (batch {t['full_queue_best_at']['batch']}), "
-            f"{fmt(t['vs_baseline'], 2)}x baseline"
-        )
-
-
-# --------------------------------------------------------------------------------------------- main
+from bench._engine_baseline import run_baseline
+from bench._engine_common import free_memory
+from bench._engine_report import print_report, targets
+from bench._engine_sweep import run_engine_mode
+from bench._stats import machine_info, write_json
 
 
 def _ints(text: str) -> list[int]:
@@ -472,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
             # Measure what can be measured: a broken baseline still leaves the engine sweep.
             report["baseline"] = {"error": "".join(traceback.format_exception_only(exc)).strip()}
             traceback.print_exc()
-            _free(device)
+            free_memory(device)
         save()
     failures = 0
     for mode in args.modes:
@@ -489,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
             failures += 1
             slot["error"] = "".join(traceback.format_exception(exc))[-4000:]
             traceback.print_exc()
-            _free(device)
+            free_memory(device)
         save()
     start_load = report["machine"].get("loadavg_1m")
     report["machine"] = machine_info()  # now with torch (and the GPU) known
