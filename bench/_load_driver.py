@@ -110,6 +110,13 @@ async def run_stack(cfg: Config, model: str, workdir: Path) -> StackRun:
                 cpu_after[1] - cpu_before[1],
                 cpu_after[2] - cpu_before[2],
             )
+        # The per-job SQL counts end at the probe's first line after the load (its once-a-second lag line):
+        # wait for it before stopping the bot, or a load shorter than a second has no end point.
+        probe_path = workdir / "probe.jsonl"
+        with contextlib.suppress(TimeoutError):
+            await fake.wait_until(
+                lambda: any(r["t"] >= t_end and "sql" in r for r in read_probe(probe_path)), timeout=5
+            )
     finally:
         sampler.stop()
         if proc.returncode is None:
