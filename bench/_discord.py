@@ -1,4 +1,5 @@
-"""The loopback Discord for the benchmarks: the ONE bench module that imports it (from tests/fakediscord)."""
+"""The loopback Discord for the benchmarks: the one bench module that imports the development package
+fakediscord/."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import time
 from typing import Any
 
 from bench._load_config import JOB_ID
-from tests.fakediscord.server import FakeDiscord
-from tests.fakediscord.state import FakeChannel, FakeInteraction, FakeMessage, FakeUser, Upload
+from fakediscord.server import FakeDiscord
+from fakediscord.state import FakeChannel, FakeInteraction, FakeMessage, FakeUser, Upload
 
 
 class TimedFakeDiscord(FakeDiscord):

@@ -5,4 +5,4 @@ import os
 # Set before anything imports torch; engine workers the tests spawn inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-pytest_plugins = ["tests.fakediscord.plugin"]
+pytest_plugins = ["fakediscord.plugin"]

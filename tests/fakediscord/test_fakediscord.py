@@ -14,8 +14,8 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakediscord import FakeDiscord
-from tests.fakediscord.cached import text_channel_of
+from fakediscord import FakeDiscord
+from fakediscord.cached import text_channel_of
 
 
 def tiny_png(width: int = 4, height: int = 3) -> bytes:

@@ -13,7 +13,7 @@ import discord
 import pytest
 from discord.ext import commands
 
-from tests.fakediscord import (
+from fakediscord import (
     ADMINISTRATOR,
     ATTACH_FILES,
     MANAGE_THREADS,
@@ -24,7 +24,7 @@ from tests.fakediscord import (
     VIEW_CHANNEL,
     FakeDiscord,
 )
-from tests.fakediscord.cached import guild_of, text_channel_of, thread_of
+from fakediscord.cached import guild_of, text_channel_of, thread_of
 
 GUILD_READY = 0.05
 

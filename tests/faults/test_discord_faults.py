@@ -12,7 +12,7 @@ import datetime as dt
 import re
 
 from bot.cogs.imagine import _redelivery as redelivery
-from tests.fakediscord.permissions import SEND_MESSAGES
+from fakediscord.permissions import SEND_MESSAGES
 from tests.faults.members import (
     Club,
     all_settled,

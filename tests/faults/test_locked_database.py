@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from fakediscord.permissions import READ_MESSAGE_HISTORY
 from tests.bot.jobs.test_faults import write_lock
-from tests.fakediscord.permissions import READ_MESSAGE_HISTORY
 from tests.faults.members import Club, all_settled, assert_nothing_lost, has_result, job_of, recorded
 from tests.waiting import wait_until
 

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from fakediscord.state import MANAGE_GUILD
 from tests.bot.answers import answer, refusal, settled, went_ahead
 from tests.bot.jobs.scripted import ScriptedTransport, scripted_bot, scripted_settings
-from tests.fakediscord.state import MANAGE_GUILD
 
 
 @pytest.fixture

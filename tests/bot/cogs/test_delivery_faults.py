@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from bot.cogs.imagine import _redelivery as redelivery
-from tests.fakediscord.permissions import READ_MESSAGE_HISTORY, SEND_MESSAGES
+from fakediscord.permissions import READ_MESSAGE_HISTORY, SEND_MESSAGES
 
 MESSAGE_POSTS = r"/channels/\d+/messages$"
 

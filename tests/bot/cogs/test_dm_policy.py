@@ -7,8 +7,8 @@ from __future__ import annotations
 import sqlite3
 
 from bot.cogs.imagine._submit import GUILD_ONLY
+from fakediscord.permissions import MANAGE_GUILD
 from tests.bot.answers import settled
-from tests.fakediscord.permissions import MANAGE_GUILD
 
 REROLL = "🔄"
 

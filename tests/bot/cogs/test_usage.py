@@ -4,9 +4,9 @@ import sqlite3
 
 import pytest
 
+from fakediscord.plugin import make_world
 from tests.bot.answers import answer, settled
 from tests.bot.jobs.scripted import ScriptedTransport, scripted_bot, scripted_settings
-from tests.fakediscord.plugin import make_world
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def scripted_settings(fake, tmp_path, **overrides):
 async def scripted_bot(fake, settings, transport: ScriptedTransport):
     """The real ImagineBot, logged into ``fake``, with ``transport`` as its engine."""
     from bot.client import ImagineBot
-    from tests.fakediscord.plugin import connected_client
+    from fakediscord.plugin import connected_client
 
     bot = ImagineBot(settings, transport=transport)
     async with connected_client(fake, bot, timeout=30) as client:

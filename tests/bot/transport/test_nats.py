@@ -28,7 +28,7 @@ from engine.nats_heartbeat import HEADER_HEARTBEAT, HEADER_SLOTS, STATE_READY, h
 from engine.nats_layout import HEADER_MSG_ID, HEADER_OBJECT, Layout
 from engine.protocol import GenerateRequest, ImageResult, JobDone, WorkerReady, decode, encode
 from engine.protocol import JobStarted as EngineJobStarted
-from tests.test_protocol import forged as forged_frame
+from tests.engine.test_protocol import forged as forged_frame
 
 from .conftest import worker_logs
 

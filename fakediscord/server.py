@@ -1,7 +1,7 @@
 """A loopback Discord: REST (``/api/v10``) and gateway (``/gateway``) on one aiohttp server.
 
 The real, unmodified discord.py client logs into it (see ``plugin.connected_client``). State and rules
-live in :class:`~tests.fakediscord.state.World`; routes by area in ``routes_*.py``, the websocket in
+live in :class:`~fakediscord.state.World`; routes by area in ``routes_*.py``, the websocket in
 ``gateway.py``, user actions (``invoke``, ``click``, ``react`` ...) in ``actions.py``, and latency /
 rate limits / invalid-request counting in ``limits.py``. This module wires them together and adds
 failure injection.

@@ -3,7 +3,7 @@
 Every check uses the bot's permissions in that channel, overwrites included (threads: the parent's, with
 SEND_MESSAGES_IN_THREADS instead of SEND_MESSAGES). A deleted channel is 404 10003; an archived thread
 refuses changes with 400 50083; a forum takes no messages of its own (400 50008). A mixin of
-:class:`~tests.fakediscord.server.FakeDiscord`.
+:class:`~fakediscord.server.FakeDiscord`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Thread and forum routes the bot calls: start a thread (alone, from a message, or a forum post with its
 starter message), archive/lock/rename it, join it, delete a channel or thread.
 
-A mixin of :class:`~tests.fakediscord.server.FakeDiscord` (uses ChannelRoutes' helpers).
+A mixin of :class:`~fakediscord.server.FakeDiscord` (uses ChannelRoutes' helpers).
 """
 
 from __future__ import annotations

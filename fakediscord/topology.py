@@ -1,7 +1,7 @@
 """Changes to a guild's shape after it is built: forums, threads and forum posts, permission overwrites,
 role permissions, and deleting channels or the whole guild (as Discord dispatches them to the bot).
 
-A mixin of :class:`~tests.fakediscord.state.World`.
+A mixin of :class:`~fakediscord.state.World`.
 """
 
 from __future__ import annotations

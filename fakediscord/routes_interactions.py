@@ -5,7 +5,7 @@ token lives 15 minutes.
 Interaction responses are webhooks: they need neither VIEW_CHANNEL nor SEND_MESSAGES and may always attach
 files and embed links, but @everyone, TTS and external emojis follow the bot's permissions in the channel,
 overwrites included (see permissions.INTERACTION_SCOPED). A mixin of
-:class:`~tests.fakediscord.server.FakeDiscord`.
+:class:`~fakediscord.server.FakeDiscord`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The fake's gateway: websocket sessions (IDENTIFY, RESUME with replay, heartbeats, member chunks) and
 the dispatch of world changes to connected bots, filtered by their intents.
 
-A mixin of :class:`~tests.fakediscord.server.FakeDiscord`.
+A mixin of :class:`~fakediscord.server.FakeDiscord`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """pytest plugin: a started fake Discord, a small standard world, and real discord.py clients logged into it.
 
-Enable with ``pytest_plugins = ["tests.fakediscord.plugin"]`` (tests/conftest.py does).
+Enable with ``pytest_plugins = ["fakediscord.plugin"]`` (tests/conftest.py does).
 
     async def test_x(fake_discord, discord_world, discord_client):
         async with discord_client(my_bot) as bot:
@@ -140,7 +140,7 @@ def make_world(fake: FakeDiscord) -> SimpleNamespace:
 async def fake_discord() -> AsyncIterator[FakeDiscord]:
     """A started loopback Discord (stopped after the test; fails the test if the fake itself broke).
 
-    Knobs, changeable mid-test (details in tests/fakediscord/__init__.py):
+    Knobs, changeable mid-test (details in fakediscord/__init__.py):
     ``latency.rest`` / ``latency.cdn`` / ``latency.<route class>`` (seconds), ``interaction_deadline``
     (3 s, server-measured), ``token_lifetime`` / ``expire_token(inter)``, ``set_overwrite(channel,
     role|user, allow=, deny=)``, ``set_role_permissions``, ``permissions_in``, ``add_thread`` /

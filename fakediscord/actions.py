@@ -1,7 +1,7 @@
 """What users do in the fake Discord: run slash commands, autocomplete, click components, submit
 modals, react, post. Each builds the INTERACTION_CREATE (or message) the real Discord would dispatch.
 
-A mixin of :class:`~tests.fakediscord.server.FakeDiscord`.
+A mixin of :class:`~fakediscord.server.FakeDiscord`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The fake's remaining REST routes: gateway info, users and DMs, the application, application commands,
 guilds; plus attachment (CDN) downloads, which wait ``latency.cdn``.
 
-A mixin of :class:`~tests.fakediscord.server.FakeDiscord`.
+A mixin of :class:`~fakediscord.server.FakeDiscord`.
 """
 
 from __future__ import annotations

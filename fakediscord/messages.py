@@ -1,6 +1,6 @@
 """Message rules of the fake Discord: validation, create/edit/delete, reactions, message JSON.
 
-A mixin of :class:`~tests.fakediscord.state.World` (it uses the world's users, guilds, ids and ``_emit``).
+A mixin of :class:`~fakediscord.state.World` (it uses the world's users, guilds, ids and ``_emit``).
 """
 
 from __future__ import annotations
