@@ -60,4 +60,3 @@ def answer(inter: Any) -> str:
     if inter.deferred:
         return inter.original.content if inter.original is not None else ""
     return (inter.callbacks[0].get("data") or {}).get("content", "") if inter.callbacks else ""
-
