@@ -23,7 +23,7 @@ async def test_a_worker_killed_mid_batch_loses_no_job_and_posts_each_once(
     fake = fake_discord
     club = Club.make(fake, ("art",), ("alice", "bob", "carol", "dave"))
     db = tmp_path / "bot.db"
-    settings = make_settings(GUILD_IDS=club.guild.id, DEFAULT_STEPS=40, DEFAULT_SIZE=64, PREVIEW_EVERY=0)
+    settings = make_settings(GUILD_IDS=club.guild.id, DEFAULT_STEPS=150, DEFAULT_SIZE=64, PREVIEW_EVERY=0)
     async with run_bot(settings) as bot:
         stepped: set[str] = set()
 
@@ -38,7 +38,7 @@ async def test_a_worker_killed_mid_batch_loses_no_job_and_posts_each_once(
         alice = await club.imagine("alice", "art", "a lighthouse")
         bob = await club.imagine("bob", "art", "a harbour")
         ids = {(await recorded(db, alice))["id"], (await recorded(db, bob))["id"]}
-        # Both have taken a step, and 40 steps are far from done: the kill lands mid-batch.
+        # Both have taken a step of the most there are (150), far from done: the kill lands mid-batch.
         await wait_until(lambda: ids <= stepped, "both members' jobs to be running", timeout=120)
         (pid,) = bot.jobs.transport.pids()
         os.kill(pid, signal.SIGKILL)

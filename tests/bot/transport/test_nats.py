@@ -28,7 +28,9 @@ from engine.nats_heartbeat import HEADER_HEARTBEAT, HEADER_SLOTS, STATE_READY, h
 from engine.nats_layout import HEADER_MSG_ID, HEADER_OBJECT, Layout
 from engine.protocol import GenerateRequest, ImageResult, JobDone, WorkerReady, decode, encode
 from engine.protocol import JobStarted as EngineJobStarted
+from tests.bot.jobrows import new_job
 from tests.engine.test_protocol import forged as forged_frame
+from tests.waiting import wait_until
 
 from .conftest import worker_logs
 
@@ -36,18 +38,8 @@ SIM = ("--simulate-seconds-per-step", "0.05", "--max-batch", "1")
 
 
 def make_job(user_id: int = 1, *, steps: int = 10, priority: int = 0, prompt: str = "a fox") -> Job:
-    return Job(id=uuid.uuid4().hex, guild_id=None, channel_id=1, user_id=user_id, prompt=prompt, seed=1,
-               steps=steps, cfg_scale=7.0, sampler="Euler", width=64, height=64, count=1,
-               priority=priority)  # fmt: skip
-
-
-async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    """The one job factory (tests/bot/jobrows.py), with this file's ten simulated steps."""
+    return new_job(user_id=user_id, steps=steps, priority=priority, prompt=prompt)
 
 
 async def stream_empty(js: JetStreamContext, stream: str) -> bool:
@@ -59,12 +51,7 @@ async def broker_until(url: str, probe: Callable[[JetStreamContext], Awaitable[b
     so this asks it, and fails with ``what`` after 30 s."""
     nc = await nats.connect(url)
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while not await probe(nc.jetstream()):
-            if loop.time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: probe(nc.jetstream()), what, timeout=30)
     finally:
         await nc.close()
 
@@ -148,7 +135,7 @@ async def test_free_slots_follow_heartbeats_and_a_draining_worker_finishes_its_j
                 break
         assert event.job_id == "j1" and event.worker_id == "w0"
         assert event.images[0].seed == 5 and event.images[0].png.startswith(b"\x89PNG")
-        await wait_until(lambda: transport.worker_count() == 0, 20, "the worker to leave")
+        await wait_until(lambda: transport.worker_count() == 0, "the worker to leave", timeout=20)
         assert transport.free_slots() == 0
         assert await asyncio.to_thread(worker.proc.wait, 30) == 0
     except BaseException:
@@ -171,20 +158,20 @@ async def test_three_workers_one_killed_mid_job_every_job_done_once(
             watch_starts(nats_server.url, nats_namespace) as starts,
             running_manager(db_path, transport) as (manager, recorder),
         ):
-            await wait_until(lambda: transport.worker_count() == 3, 30, "three workers")
+            await wait_until(lambda: transport.worker_count() == 3, "three workers", timeout=30)
             for job in jobs:
                 await manager.submit(job)
             # Kill w1 the moment it is working on something.
-            await wait_until(lambda: any(w == "w1" for _, w in starts), 20, "w1 to start a job")
+            await wait_until(lambda: any(w == "w1" for _, w in starts), "w1 to start a job", timeout=20)
             killed_job = next(j for j, w in starts if w == "w1")
             workers[1].kill(signal.SIGKILL)
-            await wait_until(lambda: len(recorder.finished) >= len(jobs), 60, "every job to finish")
+            await wait_until(lambda: len(recorder.finished) >= len(jobs), "every job to finish", timeout=60)
             # Every job acked: no worker holds one, so any second result was published before now, and
             # the results stream hands it over before the result of a job sent after it.
             await broker_until(nats_server.url, lambda js: stream_empty(js, layout.jobs_stream), "the acks")
             last = make_job(prompt="the last one")
             await manager.submit(last)
-            await wait_until(lambda: last.id in {j.id for j in recorder.finished}, 30, "the last job")
+            await wait_until(lambda: last.id in {j.id for j in recorder.finished}, "the last job", timeout=30)
 
             assert Counter(j.id for j in recorder.finished) == Counter(j.id for j in [*jobs, last])
             assert {j.state for j in recorder.finished} == {JobState.DONE}
@@ -205,20 +192,20 @@ async def test_cancel_reaches_the_worker_holding_the_job(nats_server, nats_names
             watch_starts(nats_server.url, nats_namespace) as starts,
             running_manager(tmp_path / "bot.db", transport) as (manager, recorder),
         ):
-            await wait_until(lambda: transport.worker_count() == 1, 30, "the worker")
+            await wait_until(lambda: transport.worker_count() == 1, "the worker", timeout=30)
             long_job = make_job(steps=150)  # 7.5 s of simulated work (150: bounds.STEPS)
             await manager.submit(long_job)
-            await wait_until(lambda: bool(starts), 10, "the job to start on the worker")
+            await wait_until(lambda: bool(starts), "the job to start on the worker", timeout=10)
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             assert await manager.cancel(long_job.id)
-            await wait_until(lambda: bool(recorder.finished), 5, "the cancel")
+            await wait_until(lambda: bool(recorder.finished), "the cancel", timeout=5)
             assert loop.time() - t0 < 2
             assert recorder.finished[0].state is JobState.CANCELLED
             # The worker is free again and takes the next job.
             follow_up = make_job(steps=2)
             await manager.submit(follow_up)
-            await wait_until(lambda: len(recorder.finished) == 2, 10, "the next job")
+            await wait_until(lambda: len(recorder.finished) == 2, "the next job", timeout=10)
             assert recorder.finished[1].id == follow_up.id and recorder.finished[1].state is JobState.DONE
     except BaseException:
         print(worker_logs([worker]))
@@ -235,10 +222,10 @@ async def test_a_job_longer_than_its_lease_stays_with_its_worker(
             watch_starts(nats_server.url, nats_namespace) as starts,
             running_manager(tmp_path / "bot.db", transport) as (manager, recorder),
         ):
-            await wait_until(lambda: transport.worker_count() == 2, 30, "two workers")
+            await wait_until(lambda: transport.worker_count() == 2, "two workers", timeout=30)
             job = make_job(steps=60)  # 3 s of work against a 1 s lease: kept alive by in_progress()
             await manager.submit(job)
-            await wait_until(lambda: bool(recorder.finished), 30, "the job")
+            await wait_until(lambda: bool(recorder.finished), "the job", timeout=30)
             assert recorder.finished[0].state is JobState.DONE
             assert [job_id for job_id, _ in starts] == [job.id]  # started once: never redelivered
     except BaseException:
@@ -255,13 +242,13 @@ async def test_priority_survives_the_transport(nats_server, nats_namespace, spaw
             watch_starts(nats_server.url, nats_namespace) as starts,
             running_manager(tmp_path / "bot.db", transport) as (manager, recorder),
         ):
-            await wait_until(lambda: transport.worker_count() == 1, 30, "the worker")
+            await wait_until(lambda: transport.worker_count() == 1, "the worker", timeout=30)
             normal = [make_job(user_id=1, steps=4, prompt=f"n{i}") for i in range(5)]
             for job in normal:
                 await manager.submit(job)
             urgent = make_job(user_id=2, steps=4, priority=10, prompt="urgent")
             await manager.submit(urgent)
-            await wait_until(lambda: len(recorder.finished) == 6, 30, "every job")
+            await wait_until(lambda: len(recorder.finished) == 6, "every job", timeout=30)
             order = [job_id for job_id, _ in starts]
             assert order.index(urgent.id) <= 1, order  # behind at most the one job already out
     except BaseException:
