@@ -160,3 +160,46 @@ async def test_imagine_is_acknowledged_in_time_with_a_slow_cdn(
         )
         assert not result.ephemeral
     assert [(k, s) for k, _, _, s in _jobs(tmp_path)] == [("img2img", "done")]
+
+
+async def test_acknowledged_in_time_while_another_members_pathological_prompt_is_checked(
+    fake_discord, make_settings, run_bot, tmp_path
+):
+    # Issue #11's bar: with 3.5 s of CDN latency, Alice's /imagine is still acknowledged within Discord's 3 s
+    # while Bob's prompt is matched against a regex that backtracks catastrophically in Python's `re`.
+    from fakediscord.permissions import MANAGE_GUILD
+    from tests.bot.answers import answer, settled
+
+    fake = fake_discord
+    guild, channel, alice = _world(fake)
+    bob, admin = fake.add_user("bob"), fake.add_user("admin")
+    fake.add_member(guild, bob)
+    fake.add_member(guild, admin, permissions=MANAGE_GUILD)
+    picture = _png(Image.new("RGB", (64, 64), (200, 120, 30)))
+    async with run_bot(make_settings(GUILD_IDS=guild.id)):
+        added = await fake.invoke(
+            "blocklist", {"term": r"/(.|\s)*xyz/"}, guild=guild, channel=channel, user=admin, subcommand="add"
+        )
+        await settled(fake, added)
+        assert "✅" in answer(added), answer(added)
+
+        fake.latency.cdn = 3.5
+        slow = await fake.invoke(
+            "imagine", {"prompt": "a " * 40 + "b", "count": 1}, guild=guild, channel=channel, user=bob
+        )
+        quick = await fake.invoke(
+            "imagine",
+            {"prompt": "a cat", "count": 1},
+            guild=guild,
+            channel=channel,
+            user=alice,
+            attachments={"image": ("cat.png", picture, "image/png")},
+        )
+        for inter in (slow, quick):
+            await inter.wait_response()
+            assert inter.deferred and not inter.late and not inter.rejected
+        for inter in (slow, quick):  # both go ahead: the pattern does not match, and it did not freeze
+            await fake.wait_for_message(
+                lambda m, i=inter: m.interaction_id == i.id and _has_picture(m), timeout=120
+            )
+    assert sorted(k for k, _, _, _ in _jobs(tmp_path)) == ["img2img", "txt2img"]
