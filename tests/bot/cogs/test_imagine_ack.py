@@ -14,6 +14,8 @@ import zlib
 from PIL import Image
 
 from engine import bounds
+from fakediscord.permissions import MANAGE_GUILD
+from tests.bot.answers import answer, settled
 
 
 def _world(fake):
@@ -167,9 +169,6 @@ async def test_acknowledged_in_time_while_another_members_pathological_prompt_is
 ):
     # Issue #11's bar: with 3.5 s of CDN latency, Alice's /imagine is still acknowledged within Discord's 3 s
     # while Bob's prompt is matched against a regex that backtracks catastrophically in Python's `re`.
-    from fakediscord.permissions import MANAGE_GUILD
-    from tests.bot.answers import answer, settled
-
     fake = fake_discord
     guild, channel, alice = _world(fake)
     bob, admin = fake.add_user("bob"), fake.add_user("admin")
