@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,22 +37,18 @@ from engine.nats_heartbeat import (
     SLOTS,
     STATE_LEAVING,
 )
-from engine.nats_layout import DEFAULT_NAMESPACE, HEADER_MSG_ID, Layout, unpack
+from engine.nats_inbox import CancelMemory, cancelled_job, job_id_of, quietly, read_submit
+from engine.nats_layout import DEFAULT_NAMESPACE, Layout
 from engine.nats_presence import Presence
 from engine.nats_publish import ResultPublisher
 from engine.protocol import (
-    Cancel,
     Event,
     JobCancelled,
     JobDone,
     JobFailed,
     JobProgress,
     JobStarted,
-    ProtocolError,
-    Submit,
-    decode,
 )
-from engine.wire_checks import JOB_ID_RE
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -66,7 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("engine.nats_worker")
 
 DEFAULT_MAX_DELIVERIES = 3
-REMEMBER_CANCELS = 10_000  # cancels for jobs this worker does not hold (yet), newest kept
 
 
 @dataclass(slots=True)
@@ -108,7 +102,7 @@ class NatsWorker:
         self.fetch_timeout = fetch_timeout
         self._inline_limit = inline_limit
         self._held: dict[str, _Held] = {}
-        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._cancels = CancelMemory()
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._room = asyncio.Event()  # a slot was freed, or we are stopping
         self._work = asyncio.Event()  # a job was added, or we are stopping
@@ -247,28 +241,19 @@ class NatsWorker:
 
     async def _accept(self, msg: Msg) -> None:
         if self._stopping:
-            await _quietly(msg.nak())  # straight back to the queue for another worker
+            await quietly(msg.nak())  # straight back to the queue for another worker
             return
-        job_id = (msg.headers or {}).get(HEADER_MSG_ID, "")
-        if not JOB_ID_RE.fullmatch(job_id):
-            job_id = ""  # not an id the bot makes: nobody to report a failure to
+        job_id = job_id_of(msg.headers)
         assert self._store is not None
         try:
-            body, _ = await unpack(self._store, msg.data, msg.headers)
-            message = decode(body)
-            if not isinstance(message, Submit):
-                raise ProtocolError(f"expected Submit, got {type(message).__name__}")
-            if message.request.job_id != job_id:
-                raise ProtocolError("the job's id is not the one in its Nats-Msg-Id header")
+            request = await read_submit(self._store, msg, job_id)
         except Exception as exc:
             # It will never become readable: fail it (when we know its id) rather than redeliver it forever.
             log.error("unreadable job message %s dropped: %s", job_id or "(no id)", exc)
             if job_id:
                 await self._publish_result(JobFailed(job_id, f"the engine could not read the job: {exc}"))
-            await _quietly(msg.term())
+            await quietly(msg.term())
             return
-        request = message.request
-        job_id = request.job_id
         held = self._held.get(job_id)
         if held is not None:
             held.msg = msg  # redelivered while we still hold it: keep running it, ack the newest delivery
@@ -280,11 +265,11 @@ class NatsWorker:
                 "time; this request seems to crash the engine"
             )
             if await self._publish_result(JobFailed(job_id, reason)):
-                await _quietly(msg.ack())
+                await quietly(msg.ack())
             return
-        if job_id in self._cancelled:
+        if job_id in self._cancels:
             if await self._publish_result(JobCancelled(job_id)):
-                await _quietly(msg.ack())
+                await quietly(msg.ack())
             return
         try:
             job = await asyncio.to_thread(self.runner.prepare, request)
@@ -301,7 +286,7 @@ class NatsWorker:
             self._work.set()
             return
         if await self._publish_result(failure):
-            await _quietly(msg.ack())
+            await quietly(msg.ack())
 
     # -------------------------------------------------------------------------------------------- work
 
@@ -378,9 +363,9 @@ class NatsWorker:
             try:
                 if isinstance(event, JobFailed) and event.retryable:
                     if held is not None:
-                        await _quietly(held.msg.nak())  # back to the queue for another worker
+                        await quietly(held.msg.nak())  # back to the queue for another worker
                 elif await self._publish_result(event) and held is not None:
-                    await _quietly(held.msg.ack())  # only now: a crash before this reruns the job elsewhere
+                    await quietly(held.msg.ack())  # only now: a crash before this reruns the job elsewhere
             except Exception:
                 log.exception("reporting job %s failed; its lease will lapse and it runs again", event.job_id)
             finally:
@@ -392,33 +377,18 @@ class NatsWorker:
     # ---------------------------------------------------------------------------------- subscriptions
 
     async def _on_cancel(self, msg: Msg) -> None:
-        try:
-            message = decode(msg.data)
-        except ProtocolError:
+        job_id = cancelled_job(msg.data)
+        if job_id is None:
             return
-        if not isinstance(message, Cancel):
-            return
-        held = self._held.get(message.job_id)
+        held = self._held.get(job_id)
         if held is not None:
-            log.info("cancelling job %s", message.job_id)
+            log.info("cancelling job %s", job_id)
             self.runner.cancel(held.job, self._emit)
             return
-        # Not ours (yet): it may still be in the queue and reach us later.
-        self._cancelled[message.job_id] = None
-        while len(self._cancelled) > REMEMBER_CANCELS:
-            self._cancelled.popitem(last=False)
+        self._cancels.remember(job_id)  # not ours (yet): it may still be in the queue and reach us later
 
 
 async def _settle(task: asyncio.Task[None]) -> None:
     """Wait for ``task``; a failure was already logged by the supervisor."""
     with contextlib.suppress(Exception):
         await task
-
-
-async def _quietly(action: Any) -> None:
-    """Await an ack/nak/in-progress; a failure (connection gone, already acked) is only logged: the lease
-    then decides."""
-    try:
-        await action
-    except Exception as exc:
-        log.debug("JetStream ack-type reply failed: %s", exc)
