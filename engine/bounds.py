@@ -38,6 +38,8 @@ SIDE = Bound(64, 4096)  # width or height of an output image (a 4:1 picture at t
 PIXELS = Bound(64 * 64, 2048 * 2048)  # width × height of an output image, upscales included
 COUNT = Bound(1, 16)  # images per job
 SEED = Bound(0, 2**32 - 1)
+# A1111's "Clip skip" (0: the model's default). SD 1.x's text encoder has 12 layers; SDXL's big one 32.
+CLIP_SKIP = Bound(0, 12)
 # A prompt's emphasis weight ``(word:w)``, nested ones multiplied (clamped: parsing never fails), and a LoRA
 # tag's ``<lora:name:w>``, two tags of one name added (refused). They scale float32/float16 tensors: 1e308 is
 # inf there, and the picture NaN (black) with no error. A1111 has no limit; nothing useful is past ±100.

@@ -63,6 +63,10 @@ class GenerateRequest:
     priority: int = 0
     preview_every: int = 0  # send a preview image every N steps; 0: none
     safety_check: bool = False  # run the configured safety checker (channels not marked NSFW)
+    # A1111's "Schedule type" (Karras, Exponential, ...); "Automatic" resolves per sampler as A1111 1.10 does.
+    scheduler: str = "Automatic"
+    # A1111's "Clip skip": 1 uses the text encoder's last layer, 2 the one before; 0: the model's default.
+    clip_skip: int = 0
 
     def __post_init__(self) -> None:
         self.kind = JobKind(self.kind)

@@ -37,6 +37,7 @@ _TEXT: dict[str, tuple[int, bool]] = {
     "negative_prompt": (16 * bounds.PROMPT_CHARS, False),
     "reason": (REASON_CHARS, False),
     "sampler": (100, True),
+    "scheduler": (100, True),
     "model": (1000, True),  # a request's model name, or the path/hub id a worker serves
     "device": (100, True),
     "worker_id": (128, True),
@@ -51,6 +52,7 @@ _RANGES: dict[str, tuple[int, int]] = {
     "pid": (0, 2**32),
     "max_batch": (1, 1024),
     "preview_every": (0, 1_000_000),
+    "clip_skip": (bounds.CLIP_SKIP.lo, bounds.CLIP_SKIP.hi),
 }
 _ANY_INT = (-(2**53), 2**53)  # steps, sizes, priority, protocol: the engine judges them, but not a 10^300
 _ANY_FLOAT = 1e12

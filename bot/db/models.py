@@ -85,6 +85,8 @@ class Guild(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The model /imagine uses in this guild when a member names none (set by an admin); None: MODEL.
+    default_model: Mapped[str | None] = mapped_column(String(200))
 
 
 class User(Base):
@@ -114,6 +116,9 @@ class Job(Base):
     steps: Mapped[int] = mapped_column(Integer)
     cfg_scale: Mapped[float] = mapped_column(Float)
     sampler: Mapped[str] = mapped_column(String(40))
+    # A1111's schedule type and clip skip (engine/protocol.py GenerateRequest says what the values mean).
+    scheduler: Mapped[str] = mapped_column(String(40), default="Automatic", server_default="Automatic")
+    clip_skip: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     count: Mapped[int] = mapped_column(Integer)

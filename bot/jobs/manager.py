@@ -262,6 +262,8 @@ class JobManager:
             height=job.height,
             count=job.count,
             sampler=job.sampler,
+            scheduler=job.scheduler or "Automatic",
+            clip_skip=job.clip_skip or 0,
             model=job.model,
             kind=job.kind,
             strength=job.strength if job.strength is not None else 0.75,
