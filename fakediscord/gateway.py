@@ -7,7 +7,6 @@ A mixin of :class:`~fakediscord.server.FakeDiscord`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections import deque
@@ -70,8 +69,7 @@ class _Connection:
 
     async def close(self) -> None:
         self.writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.writer
+        await asyncio.wait({self.writer})  # not suppress(CancelledError): that would swallow our own cancel
 
 
 class _Session:

@@ -91,8 +91,15 @@ async def connected_client(
             yield client
         finally:
             await client.close()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 5)
+            # asyncio.wait rather than wait_for under suppress(CancelledError), which would also swallow the
+            # cancellation of this block itself (the test's own task at the end of the run).
+            _, pending = await asyncio.wait({task}, timeout=5)
+            for left in pending:
+                left.cancel()
+            if not task.done():
+                await asyncio.wait({task}, timeout=1)
+            if task.done() and not task.cancelled():
+                task.result()  # a client that failed raises here, as before
 
 
 async def _wait_ready(client: discord.Client, task: asyncio.Task[None], limit: float) -> None:

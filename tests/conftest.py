@@ -1,4 +1,11 @@
+import asyncio
+import inspect
+import io
 import os
+import warnings
+
+import pytest
+import pytest_asyncio
 
 # One compute thread per torch process: the suite runs the bot, engine workers and the test process side
 # by side on CI's 2 cores, and oversubscribed torch threads made runs 3-10x slower there (BENCHMARKS.md).
@@ -6,3 +13,42 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 pytest_plugins = ["fakediscord.plugin"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Tasks a test leaves behind. pytest-asyncio cancels what is left when it closes the test's loop and waits
+# for all of it with no limit, so one task that swallows its cancellation hangs the run until the 300 s
+# timeout, with thread stacks that say nothing about it. This reaper, torn down after every other fixture of
+# an async test, cancels the leftovers itself, waits a bounded time, and names each task that would not
+# stop, with its stack, in a warning (``-ra`` shows it); such a task is then taken off the loop's list so
+# the loop can close.
+
+
+REAP_WAIT = 15.0
+
+
+@pytest.fixture(autouse=True)
+def _tasks_do_not_outlive_their_test(request: pytest.FixtureRequest) -> None:
+    if inspect.iscoroutinefunction(getattr(request, "function", None)):
+        request.getfixturevalue("_task_reaper")
+
+
+@pytest_asyncio.fixture
+async def _task_reaper():  # type: ignore[no-untyped-def]
+    yield
+    current = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in left:
+        task.cancel()
+    if not left:
+        return
+    _, stuck = await asyncio.wait(left, timeout=REAP_WAIT)
+    for task in stuck:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        warnings.warn(
+            f"task ignored cancellation for {REAP_WAIT:.0f} s: {task!r}\n{stack.getvalue()}",
+            stacklevel=1,
+        )
+        # Private, but the only way to let the loop close: it would wait for this task forever.
+        asyncio.tasks._unregister_task(task)  # type: ignore[attr-defined]

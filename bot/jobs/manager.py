@@ -8,7 +8,6 @@ re-announces results that were finished but never delivered).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -99,9 +98,13 @@ class JobManager:
         tasks = [t for t in (self._pump, self._dispatch_retry, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
+        if tasks:
+            # asyncio.wait, not ``await task`` under suppress(CancelledError): that would also swallow the
+            # cancellation of close() itself, and a close cancelled at shutdown must stop, not go on waiting.
+            await asyncio.wait(tasks)
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and task.exception() is not None:
+                log.error("job manager task %s failed", task.get_name(), exc_info=task.exception())
 
     # -------------------------------------------------------------------------------------- intake
 
