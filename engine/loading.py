@@ -12,7 +12,6 @@ A model spec is one of:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.model_files import ALL_SUFFIXES, PICKLE_SUFFIXES, is_diffusers_folder, list_models
+from engine.model_hashes import default_cache
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,9 @@ def resolve_model(spec: str, models_dir: str | Path | None = None) -> ModelSourc
 
 
 def model_hash(path: str | Path) -> str:
-    """AUTOMATIC1111's ``Model hash`` (its "AutoV2"): the first 10 hex digits of the file's SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:10]
+    """AUTOMATIC1111's ``Model hash`` (its "AutoV2"): the first 10 hex digits of the file's SHA-256, read
+    once per version of the file (engine/model_hashes.py)."""
+    return default_cache().sha256(path)[:10]
 
 
 def _dtype_keyword() -> str:
