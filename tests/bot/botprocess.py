@@ -64,8 +64,7 @@ class BotProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
         if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 5)
+            await asyncio.wait({self._reader}, timeout=5)  # its output is in self.log either way
         # Engine workers left behind would hold the GPU/CPU and the database: take the group down for sure.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -89,8 +88,7 @@ class BotProcess:
                 f"the bot did not exit within {limit:.0f} s of the signal:\n{self.tail()}"
             ) from None
         if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 5)
+            await asyncio.wait({self._reader}, timeout=5)  # its output is in self.log either way
         return code
 
     def tail(self, lines: int = 60) -> str:

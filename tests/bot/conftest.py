@@ -68,7 +68,8 @@ def run_bot() -> Callable[[Settings], contextlib.AbstractAsyncContextManager[Ima
             yield bot
         finally:
             await bot.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # not ``await task`` under suppress: that would swallow our own cancel
+            if not task.cancelled():
+                task.result()
 
     return run
