@@ -1,27 +1,34 @@
 """AUTOMATIC1111-compatible PNG ``parameters`` text (``create_infotext`` / ``parse_generation_parameters``).
 
-Torch-free: the bot imports it to show and recall the parameters of an image (the info button).
+Torch-free: the bot imports it to show and recall the parameters of an image (the info button) and to
+label the posted grid.
 
 Format::
 
     <prompt, may span lines>
     Negative prompt: <negative prompt>          (omitted when empty)
-    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x768, Model hash: ..., Model: ...,
-    <extras...>, Version: ...
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x768,
+    Model hash: ..., Model: ..., <extras...>, Version: ...
 
 The last line is one line of ``Key: value`` pairs joined by ``, ``; values containing ``,`` ``:`` or a
-newline are JSON-quoted.
+newline are JSON-quoted. :func:`parse_generation_parameters` gives back exactly the dict A1111 1.10's
+function of that name gives (its defaults and back-compat rules included, with its default settings);
+which fields the engine writes, and why, is in engine/README.md ("PNG info").
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# Not a PEP 440 version on purpose: A1111 applies its old-version rules (old prompt-editing timelines,
+# downcast alphas) to texts whose Version parses as older than its own (_backcompat).
 ENGINE_VERSION = "imaginebot-0.1.0"
+AUTOMATIC = "Automatic"  # A1111's Schedule type that lets the sampler choose
 
 # A1111's modules/infotext_utils.py
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -61,14 +68,17 @@ def format_parameters(
     height: int,
     model: str | None = None,
     model_hash: str | None = None,
+    schedule_type: str | None = None,
     extras: Mapping[str, Any] | None = None,
     version: str | None = ENGINE_VERSION,
 ) -> str:
-    """The ``parameters`` text, as A1111's ``create_infotext`` writes it. ``extras`` (e.g. ``{"Denoising
-    strength": 0.75, "Hires upscale": 2}``) go after ``Model``; ``None`` values are left out."""
+    """The ``parameters`` text, as A1111's ``create_infotext`` writes it: ``Schedule type`` right after
+    ``Sampler``; ``extras`` (e.g. ``{"Denoising strength": 0.75, "Hires upscale": 2}``) after ``Model``;
+    ``None`` values are left out."""
     params: dict[str, Any] = {
         "Steps": steps,
         "Sampler": sampler,
+        "Schedule type": schedule_type,
         "CFG scale": _number(cfg_scale),
         "Seed": seed,
         "Size": f"{width}x{height}",
@@ -86,9 +96,10 @@ def format_parameters(
 
 
 def parse_parameters(text: str) -> dict[str, str]:
-    """A1111's ``parse_generation_parameters`` (without its defaults for missing keys): ``Prompt``,
-    ``Negative prompt`` and every ``Key: value`` of the last line as strings; ``Size`` becomes ``Size-1``
-    (width) and ``Size-2`` (height), like A1111."""
+    """A1111's ``parse_generation_parameters`` without its defaults for missing keys: ``Prompt``,
+    ``Negative prompt`` and every ``Key: value`` of the last line as strings (a key with an empty value is
+    skipped, as in A1111); a ``WxH`` value such as ``Size`` becomes ``Size-1`` (width) and ``Size-2``
+    (height), like A1111. The last line counts as parameters only with at least 3 ``Key: value`` pairs."""
     res: dict[str, str] = {}
     prompt = ""
     negative_prompt = ""
@@ -109,7 +120,9 @@ def parse_parameters(text: str) -> dict[str, str]:
     res["Prompt"] = prompt
     res["Negative prompt"] = negative_prompt
     for k, v in RE_PARAM.findall(lastline):
-        if v and v[0] == '"' and v[-1] == '"':
+        if not v:
+            continue  # A1111 indexes v[0] inside a try: an empty value raises, and the key is skipped
+        if v[0] == '"' and v[-1] == '"':
             v = unquote(v)
         m = RE_IMAGESIZE.match(v)
         if m is not None:
@@ -118,6 +131,121 @@ def parse_parameters(text: str) -> dict[str, str]:
         else:
             res[k] = v
     return res
+
+
+# Keys A1111 1.10's parse_generation_parameters fills in when the text lacks them, with its default
+# settings (in its order; Clip skip, Hires resize and Cache FP16 weight are special-cased below).
+_A1111_DEFAULTS_BEFORE_OLD_HIRES: tuple[tuple[str, Any], ...] = (
+    ("Hires sampler", "Use same sampler"),
+    ("Hires checkpoint", "Use same checkpoint"),
+    ("Hires prompt", ""),
+    ("Hires negative prompt", ""),
+    ("Mask mode", "Inpaint masked"),
+    ("Masked content", "original"),
+    ("Inpaint area", "Whole picture"),
+    ("Masked area padding", 32),
+)
+_A1111_DEFAULTS_AFTER_OLD_HIRES: tuple[tuple[str, Any], ...] = (
+    ("RNG", "GPU"),  # a text without RNG was made from GPU noise
+    ("Schedule type", "Automatic"),
+    ("Schedule max sigma", 0),
+    ("Schedule min sigma", 0),
+    ("Schedule rho", 0),
+    ("VAE Encoder", "Full"),
+    ("VAE Decoder", "Full"),
+    ("FP8 weight", "Disable"),
+)
+_RE_VERSION_HEAD = re.compile(r"([^-]+-[^-]+)-.*")
+
+
+def parse_generation_parameters(text: str) -> dict[str, Any]:
+    """Exactly what A1111 1.10's ``parse_generation_parameters`` returns for ``text``, with its default
+    settings and no saved styles: :func:`parse_parameters` plus A1111's defaults for missing keys (e.g.
+    ``Clip skip`` "1", ``RNG`` "GPU", ``Schedule type`` "Automatic"), its old ``First pass size`` rewrite
+    and the flags its ``Version`` back-compat rules add. The conformance tests hold it to A1111's results;
+    it is how the tests (and anyone) can tell what an A1111 paste of a text would rebuild."""
+    res: dict[str, Any] = dict(parse_parameters(text))
+    res.setdefault("Clip skip", "1")  # A1111: missing means 1, its default
+    hypernet = res.get("Hypernet")
+    if hypernet is not None:
+        res["Prompt"] += f"<hypernet:{hypernet}:{res.get('Hypernet strength', '1.0')}>"
+    if "Hires resize-1" not in res:
+        res["Hires resize-1"] = 0
+        res["Hires resize-2"] = 0
+    for key, value in _A1111_DEFAULTS_BEFORE_OLD_HIRES:
+        res.setdefault(key, value)
+    _restore_old_hires_fix(res)
+    for key, value in _A1111_DEFAULTS_AFTER_OLD_HIRES:
+        res.setdefault(key, value)
+    if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
+        res["Cache FP16 weight for LoRA"] = False
+    _backcompat(res)
+    return res
+
+
+def _restore_old_hires_fix(res: dict[str, Any]) -> None:
+    """Texts of A1111 before 1.0 give the hires first pass as ``First pass size`` and the final one as
+    ``Size``; A1111 reads them as the first pass ``Size`` and a ``Hires resize`` (0x0: its old automatic
+    first pass of about 512x512 pixels, in multiples of 64)."""
+    first_w, first_h = res.get("First pass size-1"), res.get("First pass size-2")
+    if first_w is None or first_h is None:
+        return
+    fw, fh = int(first_w), int(first_h)
+    width, height = int(res.get("Size-1", 512)), int(res.get("Size-2", 512))
+    if fw == 0 or fh == 0:
+        scale = math.sqrt(512 * 512 / (width * height))
+        fw, fh = math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+    res["Size-1"], res["Size-2"] = fw, fh
+    res["Hires resize-1"], res["Hires resize-2"] = width, height
+
+
+def _a1111_version(text: str | None) -> Any:
+    """A1111's reading of a ``Version`` value: a PEP 440 version, or None when it is not one. The engine's
+    own ``imaginebot-x.y.z`` is not, so A1111 applies none of its old-version rules to our texts."""
+    if text is None:
+        return None
+    from packaging.version import InvalidVersion, Version
+
+    head = _RE_VERSION_HEAD.match(text)
+    try:
+        return Version(head.group(1) if head else text)
+    except InvalidVersion:
+        return None
+
+
+def _backcompat(res: dict[str, Any]) -> None:
+    """The flags A1111 sets for texts of older versions, so that a paste rebuilds them as they were made."""
+    from packaging.version import Version
+
+    version = _a1111_version(res.get("Version"))
+    if version is None:
+        return
+    if version < Version("1.6.0") and "[" in res.get("Prompt", ""):
+        res["Old prompt editing timelines"] = True
+    if version < Version("1.6.0") and res.get("Sampler", "") in ("DDIM", "PLMS"):
+        res["Pad conds v0"] = True
+    if version < Version("1.7.0-225"):
+        res["Downcast alphas_cumprod"] = True
+    if version < Version("1.8.0") and res.get("Refiner"):
+        res["Refiner switch by sampling steps"] = True
+
+
+def grid_parameters(text: str | None, seeds: Sequence[int]) -> str | None:
+    """The ``parameters`` text of a grid of one job's images: the first image's, as A1111 writes into its
+    grids (``text`` may be any image's of the job: only ``Seed`` differs between them, and is set to
+    ``seeds[0]``), plus, for more than one image, ``Seeds`` listing every image's seed in grid order (A1111
+    keeps those only in its web page; its paste ignores the unknown key). None without a text."""
+    if text is None:
+        return None
+    head, newline, last = text.strip().rpartition("\n")
+    pairs = RE_PARAM.findall(last)
+    if len(pairs) < 3 or not seeds:
+        return text  # no parameter line to edit
+    fields = [(k, str(seeds[0]) if k == "Seed" else v) for k, v in pairs if k != "Seeds"]
+    if len(seeds) > 1:
+        at = next((i for i, (k, _) in enumerate(fields) if k == "Version"), len(fields))
+        fields.insert(at, ("Seeds", quote(", ".join(str(s) for s in seeds))))
+    return head + newline + ", ".join(f"{k}: {v}" for k, v in fields)
 
 
 @dataclass(slots=True)
@@ -134,6 +262,8 @@ class RecalledParameters:
     height: int | None = None
     model: str | None = None
     strength: float | None = None
+    scheduler: str | None = None  # A1111's Schedule type ("Automatic" when the text names none)
+    clip_skip: int | None = None  # 1 when the text has none: A1111 writes it only above 1
 
 
 def _maybe(kind: type, value: str | None) -> Any:
@@ -146,20 +276,37 @@ def _maybe(kind: type, value: str | None) -> Any:
 
 
 def recall_parameters(text: str) -> RecalledParameters:
-    """Parse ``text`` with A1111's rules into typed request fields (missing or malformed ones: ``None``)."""
+    """Parse ``text`` with A1111's rules into typed request fields (missing or malformed ones: ``None``).
+
+    As in A1111, a missing ``Clip skip`` is 1 and a missing ``Schedule type`` is Automatic (both only when
+    the text has a parameter line at all), and an old combined sampler name (``DPM++ 2M Karras``, before
+    A1111 1.9) gives its schedule type unless the text names one (:func:`recall_sampler`)."""
     res = parse_parameters(text)
+    has_line = len(res) > 2  # more than Prompt and Negative prompt
+    sampler, scheduler = recall_sampler(res.get("Sampler"), res.get("Schedule type"))
     return RecalledParameters(
         prompt=res.get("Prompt", ""),
         negative_prompt=res.get("Negative prompt", ""),
         steps=_maybe(int, res.get("Steps")),
-        sampler=res.get("Sampler"),
+        sampler=sampler,
         cfg_scale=_maybe(float, res.get("CFG scale")),
         seed=_maybe(int, res.get("Seed")),
         width=_maybe(int, res.get("Size-1")),
         height=_maybe(int, res.get("Size-2")),
         model=res.get("Model"),
         strength=_maybe(float, res.get("Denoising strength")),
+        scheduler=scheduler if has_line else None,
+        clip_skip=_maybe(int, res.get("Clip skip", "1")) if has_line else None,
     )
+
+
+def recall_sampler(sampler: str | None, schedule_type: str | None) -> tuple[str | None, str]:
+    """A1111's reading of ``Sampler`` and ``Schedule type``: a schedule type at the end of the sampler
+    name (the pre-1.9 combined names) wins over the field; a missing one is Automatic."""
+    schedule = schedule_type or AUTOMATIC
+    if sampler is None:
+        return None, schedule
+    return sampler, schedule
 
 
 def read_png_parameters(png: bytes) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from engine import pnginfo
+from engine import bounds, pnginfo
 from engine.jobs import Job
 from engine.loras import LoraError, LoraLibrary
 from engine.protocol import JobKind
@@ -76,14 +76,29 @@ class PngEncoder:
         self._pool.shutdown(wait=True)
 
 
+# The runner seeds one CPU torch.Generator per image (engine/runner.py): A1111's "CPU" noise source, which
+# draws the same initial noise for the same seed and size. Without the field A1111 would use GPU noise.
+RNG_SOURCE = "CPU"
+# An upscale resizes its init image with Pillow's Lanczos (engine/requests.py), like A1111's "Lanczos"
+# upscaler does in the pixel space between the two passes of its hires fix.
+UPSCALER = "Lanczos"
+
+
 def png_parameters(job: Job, index: int, model_hash: str | None, loras: LoraLibrary) -> str:
-    """A1111's PNG info of image ``index`` of ``job`` (``model_hash``: None when unknown)."""
+    """A1111's PNG info of image ``index`` of ``job`` (``model_hash``: None when unknown). engine/README.md
+    ("PNG info") says which fields are written when, and why."""
     req, key = job.request, job.key
+    sampler, schedule_type = sampler_fields(key.sampler, req.scheduler)
+    width, height = key.width, key.height
     extras: dict[str, Any] = {}
     if key.kind != JobKind.TXT2IMG:
         extras["Denoising strength"] = key.strength
-    if key.kind == JobKind.UPSCALE:
-        extras["Hires upscale"] = job.upscale
+    if req.clip_skip > 1:  # A1111 writes it only above its default of 1
+        extras["Clip skip"] = req.clip_skip
+    extras["RNG"] = RNG_SOURCE
+    if key.kind == JobKind.UPSCALE and job.upscale:
+        width, height, hires = hires_fields(job)
+        extras.update(hires)
     if key.loras:
         try:
             extras["Lora hashes"] = loras.hashes(key.loras)
@@ -93,12 +108,41 @@ def png_parameters(job: Job, index: int, model_hash: str | None, loras: LoraLibr
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         steps=key.steps,
-        sampler=key.sampler,
+        sampler=sampler,
+        schedule_type=schedule_type,
         cfg_scale=key.cfg_scale,
         seed=req.seeds[index],
-        width=key.width,
-        height=key.height,
+        width=width,
+        height=height,
         model=job.source.name,
         model_hash=model_hash,
         extras=extras,
     )
+
+
+def sampler_fields(sampler: str, scheduler: str) -> tuple[str, str]:
+    """``Sampler`` and ``Schedule type`` as A1111 1.10 writes them: the sampler's own name, and the schedule
+    it actually ran (``Automatic`` resolved to the sampler's default), or Automatic for samplers that have
+    no choice of schedule."""
+    return sampler, scheduler or pnginfo.AUTOMATIC
+
+
+def hires_fields(job: Job) -> tuple[int, int, dict[str, Any]]:
+    """An upscale as A1111's hires fix: the first-pass size (the init image's) for ``Size``, and the
+    fields with which a paste into A1111's txt2img renders the same picture at the same size: the first
+    pass from the same seed and settings, a Lanczos resize, then ``Hires steps`` denoising steps at the
+    ``Denoising strength``. (Without them a paste would double the upscaled size once more: A1111 turns
+    its hires fix on for any text with a ``Denoising strength``.)"""
+    key, factor = job.key, job.upscale or 1.0
+    first_w, first_h = round(key.width / factor), round(key.height / factor)
+    fields: dict[str, Any] = {}
+    if int(first_w * factor) == key.width and int(first_h * factor) == key.height:
+        fields["Hires upscale"] = factor
+    else:  # A1111 computes the target as int(size * scale): name the exact size instead
+        fields["Hires resize"] = f"{key.width}x{key.height}"
+    # The steps that actually run: diffusers runs int(schedule * strength) of an img2img schedule, while
+    # A1111's hires pass runs exactly its Hires steps.
+    strength = key.strength or 1.0
+    fields["Hires steps"] = int(bounds.img2img_schedule(key.steps, strength) * strength)
+    fields["Hires upscaler"] = UPSCALER
+    return first_w, first_h, fields
