@@ -60,6 +60,7 @@ def make_transport(settings: Settings) -> Transport:
             allow_pickle=settings.allow_pickle_checkpoints,
             extra_args=settings.engine_args,
             safety_checker=settings.safety_checker or None,
+            model_cache=(settings.model_cache, settings.model_cache_ram, settings.model_cache_gb),
         )
         return LocalTransport(options, settings.engine_workers)
     if settings.engine_transport == "nats":

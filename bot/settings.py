@@ -220,6 +220,9 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("ENGINE_MAX_BATCH", _int(1, 64), "4", "Most images one UNet batch runs together"),
     Spec("ENGINE_ARGS", _str, "", "Extra flags for each engine worker, e.g. --compile or --cpu-offload"),
+    Spec("MODEL_CACHE", _int(1, 16), "2", "Models each engine worker keeps loaded on its device (LRU)"),
+    Spec("MODEL_CACHE_RAM", _int(0, 16), "0", "Models moved off the device kept in CPU RAM, not dropped"),
+    Spec("MODEL_CACHE_GB", _int(0, 4096), "0", "Most GB of model weights on a device at once (0: no limit)"),
     Spec("NATS_URL", check_url, "nats://127.0.0.1:4222", "NATS server URL (nats transport; tls:// for TLS)"),
     Spec("NATS_USER", _str, "", "NATS user name (with NATS_PASSWORD), if the server asks for one"),
     Spec("NATS_PASSWORD", _secret, "", "NATS password of NATS_USER"),
@@ -280,6 +283,9 @@ class Settings:
     engine_workers: int
     engine_max_batch: int
     engine_args: tuple[str, ...]
+    model_cache: int
+    model_cache_ram: int
+    model_cache_gb: int
     nats_url: str
     nats_namespace: str
     nats_lease_seconds: int
@@ -377,6 +383,9 @@ class Settings:
             engine_workers=p["ENGINE_WORKERS"],
             engine_max_batch=p["ENGINE_MAX_BATCH"],
             engine_args=tuple(p["ENGINE_ARGS"].split()),
+            model_cache=p["MODEL_CACHE"],
+            model_cache_ram=p["MODEL_CACHE_RAM"],
+            model_cache_gb=p["MODEL_CACHE_GB"],
             nats_url=nats_url,
             nats_namespace=p["NATS_NAMESPACE"],
             nats_lease_seconds=p["NATS_LEASE_SECONDS"],

@@ -94,6 +94,24 @@ def _add_model_flags(p: argparse.ArgumentParser, *, model_required: bool) -> Non
         help="UNet in channels_last memory format (measured slower for SD 1.5 on an H200: BENCHMARKS.md)",
     )
     p.add_argument(
+        "--model-cache",
+        type=int,
+        default=int(os.environ.get("MODEL_CACHE") or 2),
+        help="models kept loaded on the device, least recently used evicted first (default 2)",
+    )
+    p.add_argument(
+        "--model-cache-ram",
+        type=int,
+        default=int(os.environ.get("MODEL_CACHE_RAM") or 0),
+        help="models evicted from the device kept in CPU RAM instead of dropped (default 0)",
+    )
+    p.add_argument(
+        "--model-cache-gb",
+        type=float,
+        default=float(os.environ.get("MODEL_CACHE_GB") or 0),
+        help="most GB of weights kept on the device together (default 0: only --model-cache counts)",
+    )
+    p.add_argument(
         "--max-batch",
         type=int,
         default=int(os.environ.get("ENGINE_MAX_BATCH", "4")),

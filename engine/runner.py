@@ -86,6 +86,9 @@ class Runner:
         png_workers: int = 2,
         oom_above: int | None = None,
         warmup: bool | None = None,
+        cache_models: int = 2,
+        cache_ram: int = 0,
+        cache_gb: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -120,6 +123,9 @@ class Runner:
             # Measured on an H200 (torch 2.11, fp16, bench/gpu_probe.py): channels_last made the SD 1.5 UNet
             # 7-10 % slower at batch 16-32 (GroupNorm and attention reshape it back), so it is opt-in.
             channels_last=bool(channels_last),
+            cache_models=cache_models,
+            cache_ram=cache_ram,
+            cache_gb=cache_gb,
         )
         self.previewer = Previewer(Path(taesd), self.device, self.dtype) if taesd is not None else Previewer()
         self.safety: SafetyChecker | None = None
@@ -339,9 +345,7 @@ class Runner:
         self.pngs.submit(image, lambda: self.infotext(job, index), done, failed)
 
     def infotext(self, job: Job, index: int) -> str:
-        current = self.slot.source
-        same_model = current is not None and current.key == job.source.key
-        return png_parameters(job, index, self.slot.model_hash if same_model else None, self.loras)
+        return png_parameters(job, index, self.slot.hash_of(job.source), self.loras)
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until every PNG handed to the pool is encoded (and its JobDone emitted)."""

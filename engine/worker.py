@@ -202,6 +202,9 @@ def runner_from_args(args: Any, worker_id: str) -> Any:
         cpu_offload=args.cpu_offload,
         channels_last=args.channels_last,
         worker_id=worker_id,
+        cache_models=args.model_cache,
+        cache_ram=args.model_cache_ram,
+        cache_gb=args.model_cache_gb,
     )
 
 

@@ -48,6 +48,7 @@ class WorkerOptions:
     allow_pickle: bool = False
     extra_args: Sequence[str] = ()
     safety_checker: str | None = None  # SAFETY_CHECKER: checks images of jobs that ask for it
+    model_cache: tuple[int, int, int] = (2, 0, 0)  # MODEL_CACHE, MODEL_CACHE_RAM, MODEL_CACHE_GB
     python: str = sys.executable
     env: dict[str, str] | None = None  # None: inherit the bot's environment
 
@@ -67,6 +68,12 @@ class WorkerOptions:
             str(self.max_batch),
             "--worker-id",
             worker_id,
+            "--model-cache",
+            str(self.model_cache[0]),
+            "--model-cache-ram",
+            str(self.model_cache[1]),
+            "--model-cache-gb",
+            str(self.model_cache[2]),
         ]
         if self.models_dir:
             cmd += ["--models-dir", self.models_dir]
