@@ -6,18 +6,27 @@ import io
 import math
 from collections.abc import Sequence
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
+
+from engine import pnginfo
 
 GRID_GAP = 4  # pixels between tiles, like Midjourney's thin seams
 
 
-def grid(pngs: Sequence[bytes]) -> bytes:
-    """One image as-is; two side by side; three or four as a 2×2 grid (index order: row by row)."""
+def grid(pngs: Sequence[bytes], seeds: Sequence[int] = ()) -> bytes:
+    """One image as-is; two side by side; three or four as a 2×2 grid (index order: row by row).
+
+    The grid carries A1111's ``parameters`` text, as A1111's own grids do: the first image's (taken from
+    the first tile that has one: a withheld picture's placeholder has none), with every image's seed
+    (``seeds``, in tile order), so that A1111's PNG Info reads back what rebuilds the first picture."""
     if not pngs:
         raise ValueError("no images to show")
     if len(pngs) == 1:
         return pngs[0]
-    tiles = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    opened = [Image.open(io.BytesIO(p)) for p in pngs]
+    text = next((t for t in (i.info.get("parameters") for i in opened) if isinstance(t, str)), None)
+    parameters = pnginfo.grid_parameters(text, seeds)
+    tiles = [t.convert("RGB") for t in opened]
     cols = 2
     rows = math.ceil(len(tiles) / cols)
     w = max(t.width for t in tiles)
@@ -29,7 +38,11 @@ def grid(pngs: Sequence[bytes]) -> bytes:
     out = io.BytesIO()
     # zlib's run-length strategy (Z_RLE = 3), the one libpng suggests for speed: on filtered PNG rows it
     # compresses about as well as the default and runs 10-30 % faster (this grid is on every result's path).
-    sheet.save(out, format="PNG", optimize=False, compress_level=1, compress_type=3)
+    info = None
+    if parameters is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+    sheet.save(out, format="PNG", optimize=False, compress_level=1, compress_type=3, pnginfo=info)
     return out.getvalue()
 
 

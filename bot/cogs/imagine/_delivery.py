@@ -218,7 +218,7 @@ class Courier:
                     "(this channel is not marked NSFW)."
                 )
             if pngs and flagged < len(job.images):
-                picture = await asyncio.to_thread(grid, pngs)
+                picture = await asyncio.to_thread(grid, pngs, [i.seed for i in job.images])
                 view = result_view(job)
         elif job.state is JobState.CANCELLED:
             content = f"{headline}\n🚫 Cancelled."
