@@ -74,6 +74,7 @@ class Job:
     last_step: int = -1
     pngs: dict[int, tuple[bytes, bool]] = field(default_factory=dict)  # index -> (PNG, nsfw)
     upscale: float | None = None  # the resize factor of an upscale job (PNG info)
+    passed_over: int = 0  # batches of the loaded model that went first (engine/batching.py)
     emit: Emit | None = None  # where JobBook.cancel_id reports a cancel (set by run() / the worker)
 
     @property
@@ -105,9 +106,11 @@ class JobBook:
             job.emit = emit
             self._active[job.job_id] = job
 
-    def plan(self, jobs: Iterable[Job], max_batch: int) -> list[tuple[Job, list[int]]]:
+    def plan(
+        self, jobs: Iterable[Job], max_batch: int, loaded_model: str | None = None
+    ) -> list[tuple[Job, list[int]]]:
         with self.lock:
-            return plan_batch(jobs, max_batch)
+            return plan_batch(jobs, max_batch, loaded_model)
 
     def start(self, jobs: Iterable[Job], worker_id: str, emit: Emit) -> None:
         """JobStarted for each job of a batch that had not started."""

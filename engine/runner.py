@@ -185,8 +185,9 @@ class Runner:
         )
 
     def plan(self, jobs: Iterable[Job]) -> list[tuple[Job, list[int]]]:
-        """The next batch (engine/batching.py's rule)."""
-        return self.jobs.plan(jobs, self.max_batch)
+        """The next batch (engine/batching.py's rule: the loaded model's jobs first, within a bound)."""
+        source = self.slot.source
+        return self.jobs.plan(jobs, self.max_batch, source.key if source is not None else None)
 
     def cancel(self, job: Job, emit: Emit) -> bool:
         """Cancel ``job``: at once when it is not running, else at the next denoising step. False when it
