@@ -1,8 +1,11 @@
-"""Write a diffusers SD 1.x pipeline as one checkpoint file in the original (CompVis/A1111) layout.
+"""Write a diffusers SD 1.x or SDXL pipeline as one checkpoint file in the original layout (CompVis/A1111
+for SD 1.x, Stability's "SGM" for SDXL).
 
 The inverse of diffusers' ``from_single_file`` conversion, for any depth of UNet/VAE (so the tiny test
-model round-trips too): ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE),
-``cond_stage_model.transformer.*`` (CLIP text encoder).
+models round-trip too): ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE), and the text
+encoders: ``cond_stage_model.transformer.*`` (SD 1.x's CLIP); for SDXL
+``conditioner.embedders.0.transformer.*`` (CLIP ViT-L) and ``conditioner.embedders.1.model.*`` (OpenCLIP
+bigG in OpenCLIP's own names, attention projections fused into ``in_proj``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def unet_key_map(config: Any) -> dict[str, str]:
         "mid_block.attentions.0": "middle_block.1",
         "mid_block.resnets.1": "middle_block.2",
     }
+    if config.get("addition_embed_type") == "text_time":  # SDXL's size/crop conditioning
+        m["add_embedding.linear_1"] = "label_emb.0.0"
+        m["add_embedding.linear_2"] = "label_emb.0.2"
     for i in range(n):
         for j in range(layers):
             m[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{(layers + 1) * i + j + 1}.0"
@@ -136,17 +142,59 @@ def vae_to_original(state: dict[str, torch.Tensor], config: Any) -> dict[str, to
     return out
 
 
+def _clip_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Original checkpoints name the CLIP weights like transformers 4 did: "text_model." inside
+    # (transformers >= 5.6 flattened CLIPTextModel, dropping that level).
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
+
+
+_OPENCLIP_LAYER = (
+    ("layer_norm1", "ln_1"),
+    ("layer_norm2", "ln_2"),
+    ("mlp.fc1", "mlp.c_fc"),
+    ("mlp.fc2", "mlp.c_proj"),
+    ("self_attn.out_proj", "attn.out_proj"),
+)
+
+
+def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers ``CLIPTextModelWithProjection`` state dict in OpenCLIP's names (what SDXL files hold
+    under ``conditioner.embedders.1.model.``)."""
+    sd = {k.removeprefix("text_model."): v for k, v in state.items()}
+    out = {
+        "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": sd.pop("final_layer_norm.weight"),
+        "ln_final.bias": sd.pop("final_layer_norm.bias"),
+        "text_projection": sd.pop("text_projection.weight").T,  # OpenCLIP multiplies x @ projection
+    }
+    layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")})
+    for i in layers:
+        src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [sd.pop(f"{src}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")]
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(qkv)
+            for new, old in _OPENCLIP_LAYER:
+                out[f"{dst}{old}.{kind}"] = sd.pop(f"{src}{new}.{kind}")
+    sd.pop("embeddings.position_ids", None)
+    if sd:
+        raise KeyError(f"no OpenCLIP name for text encoder keys {sorted(sd)[:5]}")
+    return out
+
+
 def to_original_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder weights under the original SD 1.x key names."""
+    """The pipeline's UNet, VAE and text encoder(s) weights under the original key names (SDXL's when the
+    pipeline has a second text encoder)."""
     sd: dict[str, torch.Tensor] = {}
     sd.update(unet_to_original(pipe.unet.state_dict(), pipe.unet.config))
     sd.update(vae_to_original(pipe.vae.state_dict(), pipe.vae.config))
-    for key, value in pipe.text_encoder.state_dict().items():
-        # Original checkpoints name the CLIP weights like transformers 4 did: "text_model." inside
-        # (transformers >= 5.6 flattened CLIPTextModel, dropping that level).
-        if not key.startswith("text_model."):
-            key = f"text_model.{key}"
-        sd[f"cond_stage_model.transformer.{key}"] = value
+    text = _clip_keys(pipe.text_encoder.state_dict())
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        sd.update({f"conditioner.embedders.0.transformer.{k}": v for k, v in text.items()})
+        bigg = open_clip_to_original(pipe.text_encoder_2.state_dict())
+        sd.update({f"conditioner.embedders.1.model.{k}": v for k, v in bigg.items()})
+    else:
+        sd.update({f"cond_stage_model.transformer.{k}": v for k, v in text.items()})
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 

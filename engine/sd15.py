@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,15 +142,16 @@ def cache_dir() -> Path:
     return Path(base) / "imaginebot" if base else Path.home() / ".cache" / "imaginebot"
 
 
-def sd15_config_dir() -> Path:
-    """The SD 1.5 config folder, written once into the cache directory (atomically) and reused."""
-    target = cache_dir() / f"sd15-config-v{CONFIG_VERSION}"
+def cached_folder(name: str, write: Callable[[Path], Path]) -> Path:
+    """``cache_dir()/name``, written once by ``write`` (into a temporary folder renamed into place, so a
+    crash or a second process never leaves half a folder) and reused."""
+    target = cache_dir() / name
     if (target / "model_index.json").is_file() and (target / "tokenizer" / "vocab.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="sd15-config-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=target.parent))
     try:
-        write_sd15_config(tmp)
+        write(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race
@@ -158,6 +160,11 @@ def sd15_config_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def sd15_config_dir() -> Path:
+    """The SD 1.5 config folder, written once into the cache directory (atomically) and reused."""
+    return cached_folder(f"sd15-config-v{CONFIG_VERSION}", write_sd15_config)
 
 
 def build_sd15_models(device: str = "cpu", seed: int = 0) -> dict[str, Any]:

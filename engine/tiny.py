@@ -77,9 +77,11 @@ def write_tokenizer(
     *,
     model_max_length: int = 77,
     vocab_and_merges: tuple[dict[str, int], list[str]] | None = None,
+    pad_token: str = "<|endoftext|>",
 ) -> Path:
     """Write a loadable CLIPTokenizer folder (vocab.json, merges.txt, configs) from ``vocab_and_merges``
-    (default: the tiny vocab; engine/sd15.py passes CLIP's own)."""
+    (default: the tiny vocab; engine/sd15.py passes CLIP's own). ``pad_token``: OpenCLIP's tokenizers
+    (SD 2.x, SDXL's second) pad with ``!`` (id 0), OpenAI CLIP's with ``<|endoftext|>``."""
     path.mkdir(parents=True, exist_ok=True)
     vocab, merges = vocab_and_merges or tiny_vocab_and_merges()
     (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
@@ -88,7 +90,7 @@ def write_tokenizer(
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
+        "pad_token": pad_token,
     }
     (path / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
     config = {
