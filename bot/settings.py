@@ -137,6 +137,20 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def _port(raw: str) -> int | None:
+    """Empty: off. 0: a free port the system picks (the bot logs which)."""
+    if not raw.strip():
+        return None
+    return _int(0, 65535)(raw)
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", value):
+        raise ValueError(f"expected a host name or IP address, got {raw!r}")
+    return value
+
+
 def _database_url(raw: str) -> str:
     value = raw.strip()
     if "://" not in value:
@@ -188,6 +202,7 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("OUTPUT_DIR", _str, "data/images", "Folder where every generated image is saved as PNG"),
     Spec("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Spec("LOG_FORMAT", _choice("text", "json"), "text", "text, or json: one JSON object per line for shippers"),
     Spec("MODEL", _str, DEFAULT_MODEL, "Hub id, local diffusers folder, or a .safetensors checkpoint file"),
     Spec(
         "MODELS_DIR",
@@ -261,6 +276,14 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("DEFAULT_MAX_COUNT", _int(bounds.COUNT.lo, bounds.COUNT.hi), "4", "Most images per job"),
     Spec("DEFAULT_ALLOW_IMG2IMG", _bool, "true", "Allow variations, upscales and image prompts"),
+    Spec("METRICS_PORT", _port, "", "Port of /metrics (Prometheus) and /healthz; empty: off"),
+    Spec("METRICS_HOST", _host, "127.0.0.1", "Address METRICS_PORT listens on (0.0.0.0: every interface)"),
+    Spec(
+        "HEALTH_MAX_WAIT",
+        _int(1, 86_400),
+        "600",
+        "/healthz fails once the oldest queued job has waited this many seconds",
+    ),
 )
 
 
@@ -307,6 +330,10 @@ class Settings:
     default_max_pixels: int = 1536 * 1024
     default_max_count: int = 4
     default_allow_img2img: bool = True
+    log_format: str = "text"
+    metrics_port: int | None = None  # None: no metrics server
+    metrics_host: str = "127.0.0.1"
+    health_max_wait: int = 600
 
     @classmethod
     def from_env(
@@ -406,4 +433,8 @@ class Settings:
             default_max_pixels=p["DEFAULT_MAX_PIXELS"],
             default_max_count=p["DEFAULT_MAX_COUNT"],
             default_allow_img2img=p["DEFAULT_ALLOW_IMG2IMG"],
+            log_format=p["LOG_FORMAT"],
+            metrics_port=p["METRICS_PORT"],
+            metrics_host=p["METRICS_HOST"],
+            health_max_wait=p["HEALTH_MAX_WAIT"],
         )
