@@ -202,7 +202,7 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("OUTPUT_DIR", _str, "data/images", "Folder where every generated image is saved as PNG"),
     Spec("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    Spec("LOG_FORMAT", _choice("text", "json"), "text", "text, or json: one JSON object per line for shippers"),
+    Spec("LOG_FORMAT", _choice("text", "json"), "text", "text, or json: one JSON object a line for shippers"),
     Spec("MODEL", _str, DEFAULT_MODEL, "Hub id, local diffusers folder, or a .safetensors checkpoint file"),
     Spec(
         "MODELS_DIR",
