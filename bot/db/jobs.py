@@ -182,16 +182,17 @@ class JobStore:
     async def undelivered(self, due_by: dt.datetime | None = None) -> list[Job]:
         """Finished jobs whose result never reached Discord and that are not given up on; with ``due_by``,
         only those whose back-off has run out by then (the sweep), else all of them (a start)."""
-        conditions: list[ColumnElement[bool]] = [
-            Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
-            Job.delivered_at.is_(None),
-            Job.undeliverable.is_(None),
-        ]
+        conditions = _awaiting_delivery()
         if due_by is not None:
             conditions.append(or_(Job.next_delivery_at.is_(None), Job.next_delivery_at <= due_by))
         async with self.sessions() as session:
             result = await session.execute(select(Job).where(*conditions).order_by(Job.finished_at))
             return list(result.scalars())
+
+    async def undelivered_count(self) -> int:
+        """How many of :meth:`undelivered` there are (the redelivery backlog /metrics shows)."""
+        async with self.sessions() as session:
+            return int(await session.scalar(select(func.count()).where(*_awaiting_delivery())) or 0)
 
     async def images_since(self, user_id: int, guild_id: int | None, since: dt.datetime) -> int:
         async with self.sessions() as session:
@@ -201,3 +202,12 @@ class JobStore:
                 )
             )
             return int(result.scalar_one())
+
+
+def _awaiting_delivery() -> list[ColumnElement[bool]]:
+    """Finished, never delivered, not given up on."""
+    return [
+        Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
+        Job.delivered_at.is_(None),
+        Job.undeliverable.is_(None),
+    ]
