@@ -1,11 +1,11 @@
-"""Finding and loading a Stable Diffusion 1.x model.
+"""Finding and loading a Stable Diffusion model: SD 1.x, SD 2.x or SDXL (engine/families.py tells which).
 
 A model spec is one of:
 
 - a local diffusers folder (``model_index.json`` inside);
 - a single checkpoint file as AUTOMATIC1111 users keep them (``.safetensors``; ``.ckpt``/``.pt``/``.bin`` only
   when pickles are allowed, because loading a pickle runs code), loaded with ``from_single_file`` offline
-  from a local diffusers config folder;
+  from a local diffusers config folder of its family (shipped with the engine, engine/sdxl.py);
 - a name in MODELS_DIR (a file stem, a file name, or a sub-folder), which is how requests pick a model;
 - a Hugging Face hub id (``org/name``), downloaded once with a progress bar and cached.
 """
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.families import Family, UnknownFamilyError, detect_family, model_defaults
 from engine.model_files import ALL_SUFFIXES, PICKLE_SUFFIXES, is_diffusers_folder, list_models
 from engine.model_hashes import default_cache
 
@@ -110,16 +111,59 @@ def _dtype_keyword() -> str:
     return "dtype"
 
 
-def default_single_file_config() -> Path | None:
-    """SD 1.5's diffusers config folder (configs + CLIP tokenizer, no weights), built from files that ship
-    with the engine and cached (see :func:`engine.sd15.sd15_config_dir`); ``None`` if it cannot be built."""
+def default_single_file_config(family: Family = Family.SD1) -> Path | None:
+    """The diffusers config folder (configs + tokenizers, no weights) of ``family``'s base model, built from
+    files that ship with the engine and cached (engine/sd15.py, engine/sdxl.py); ``None`` if it cannot be
+    written."""
     from engine.sd15 import sd15_config_dir
+    from engine.sdxl import sd2_config_dir, sdxl_config_dir
+
+    build = {Family.SD1: sd15_config_dir, Family.SD2: sd2_config_dir, Family.SDXL: sdxl_config_dir}[family]
+    try:
+        return build()
+    except OSError as exc:
+        log.warning("cannot write the %s config folder: %s", family.label, exc)
+        return None
+
+
+def pipeline_family(pipe: Any) -> Family:
+    """The family of a loaded pipeline (SDXL: two text encoders; SD 2.x: a 1024-wide text context)."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return Family.SDXL
+    return Family.SD2 if pipe.unet.config.cross_attention_dim == 1024 else Family.SD1
+
+
+def _source_family(source: ModelSource) -> Family:
+    """The family of ``source`` before loading it: from its files, or a hub model's model_index.json."""
+    if source.kind != "hub":
+        try:
+            return detect_family(source.location)
+        except UnknownFamilyError as exc:
+            raise ModelLoadError(f"cannot load model {source.name}: {exc}") from exc
+    from diffusers import DiffusionPipeline
 
     try:
-        return sd15_config_dir()
-    except OSError as exc:
-        log.warning("cannot write the SD 1.5 config folder: %s", exc)
-        return None
+        index = DiffusionPipeline.load_config(source.location, local_files_only=True)
+    except (OSError, ValueError):
+        if _offline():
+            raise
+        index = DiffusionPipeline.load_config(source.location)
+    return Family.SDXL if "XL" in str(index.get("_class_name", "")) else Family.SD1
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _set_prediction_type(pipe: Any, source: ModelSource, family: Family) -> None:
+    """A v-prediction model's scheduler predicts v: from the file's mark, an SD 2.x single file, or the
+    model's sidecar (engine/families.py); the samplers the engine swaps in keep it."""
+    if source.kind == "hub":
+        return
+    wanted = model_defaults(source.location, family).prediction_type
+    if wanted is not None and pipe.scheduler.config.get("prediction_type") != wanted:
+        log.info("%s: %s", source.name, wanted)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=wanted)
 
 
 def load_pipeline(
@@ -129,30 +173,33 @@ def load_pipeline(
     allow_pickle: bool = False,
     single_file_config: str | Path | None = None,
 ) -> Any:
-    """A ``StableDiffusionPipeline`` on the CPU (the caller moves it), without the safety checker.
+    """A ``StableDiffusionPipeline`` (SD 1.x, 2.x) or ``StableDiffusionXLPipeline`` on the CPU (the
+    caller moves it), without the safety checker; the family comes from the model's files.
 
     Raises :class:`ModelLoadError` with one clear reason naming the model."""
-    from diffusers import StableDiffusionPipeline
-
-    common: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
-    if dtype is not None:
-        common[_dtype_keyword()] = dtype
     try:
+        family = _source_family(source)
+        pipeline_class = _pipeline_class(family)
+        common: dict[str, Any] = {}
+        if family is not Family.SDXL:  # SDXL pipelines have no safety checker to turn off
+            common.update(safety_checker=None, requires_safety_checker=False)
+        if dtype is not None:
+            common[_dtype_keyword()] = dtype
         if source.kind == "folder":
-            return StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **common)
-        if source.kind == "hub":
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            pipe = pipeline_class.from_pretrained(source.location, local_files_only=True, **common)
+        elif source.kind == "hub":
             try:
                 # Cached copies first: no network round trip when the model is already here.
-                return StableDiffusionPipeline.from_pretrained(
-                    source.location, local_files_only=True, **common
-                )
+                pipe = pipeline_class.from_pretrained(source.location, local_files_only=True, **common)
             except (OSError, ValueError):
-                if offline:
+                if _offline():
                     raise
-            log.info("downloading %s from the Hugging Face hub (once; it is cached)", source.location)
-            return StableDiffusionPipeline.from_pretrained(source.location, **common)
-        return _load_single_file(source, allow_pickle, single_file_config, common)
+                log.info("downloading %s from the Hugging Face hub (once; it is cached)", source.location)
+                pipe = pipeline_class.from_pretrained(source.location, **common)
+        else:
+            pipe = _load_single_file(source, allow_pickle, single_file_config, common, family)
+        _set_prediction_type(pipe, source, family)
+        return pipe
     except ModelLoadError:
         raise
     except Exception as exc:  # every loader failure becomes one clear reason
@@ -160,11 +207,19 @@ def load_pipeline(
         raise ModelLoadError(f"could not load model {source.name} ({source.location}): {reason}") from exc
 
 
-def _load_single_file(
-    source: ModelSource, allow_pickle: bool, config: str | Path | None, common: dict[str, Any]
-) -> Any:
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(family: Family) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    return StableDiffusionXLPipeline if family is Family.SDXL else StableDiffusionPipeline
+
+
+def _load_single_file(
+    source: ModelSource,
+    allow_pickle: bool,
+    config: str | Path | None,
+    common: dict[str, Any],
+    family: Family = Family.SD1,
+) -> Any:
     path = Path(source.location)
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise ModelLoadError(
@@ -172,12 +227,16 @@ def _load_single_file(
             "runs code; convert it to .safetensors, or allow pickles (ALLOW_PICKLE_CHECKPOINTS=true, "
             "worker flag --allow-pickle) if you trust the file"
         )
-    config_dir = Path(config) if config is not None else default_single_file_config()
+    # --single-file-config describes one architecture: it serves the files of its own family; the others
+    # load with the configs the engine ships.
+    config_dir = Path(config) if config is not None else None
+    if config_dir is None or not is_diffusers_folder(config_dir) or detect_family(config_dir) is not family:
+        config_dir = default_single_file_config(family)
     if config_dir is None or not is_diffusers_folder(config_dir):
         raise ModelLoadError(
             f"cannot load {path.name}: single-file checkpoints need a local diffusers config folder "
             f"(--single-file-config DIR); {config_dir} is not one"
         )
-    return StableDiffusionPipeline.from_single_file(
+    return _pipeline_class(family).from_single_file(
         str(path), config=str(config_dir), local_files_only=True, **common
     )

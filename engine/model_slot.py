@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from engine import devices, loading
+from engine.families import Family
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class LoadedModel:
     img2img: Any = None
     base_scheduler_config: dict[str, Any] = field(default_factory=dict)
     on_device: bool = False
+    family: Family = Family.SD1
 
 
 def weight_bytes(pipe: Any) -> int:
@@ -108,6 +110,10 @@ class ModelSlot:
         return self.current.model_hash if self.current is not None else None
 
     @property
+    def family(self) -> Family:
+        return self.current.family if self.current is not None else Family.SD1
+
+    @property
     def base_scheduler_config(self) -> dict[str, Any]:
         return self.current.base_scheduler_config if self.current is not None else {}
 
@@ -151,7 +157,8 @@ class ModelSlot:
             )
             self.disk_loads[source.key] += 1
             digest = loading.model_hash(source.location) if source.kind == "file" else None
-            entry = LoadedModel(source, pipe, digest, weight_bytes(pipe))
+            family = loading.pipeline_family(pipe)
+            entry = LoadedModel(source, pipe, digest, weight_bytes(pipe), family=family)
         if not entry.on_device:
             self._to_device(entry)
         if entry.img2img is None:
