@@ -22,16 +22,22 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
+def model_paths(models_dir: str | Path | None, *, allow_pickle: bool = False) -> dict[str, Path]:
+    """Each model of ``models_dir`` by its name (file stem, diffusers folder name), sorted case-blind; {}
+    when unset or missing. Of two files with one stem the safe one (``.safetensors``) is listed."""
+    if models_dir is None or not Path(models_dir).is_dir():
+        return {}
+    wanted = suffixes(allow_pickle=allow_pickle)
+    found: dict[str, Path] = {}
+    for entry in sorted(Path(models_dir).iterdir(), key=lambda p: p.suffix.lower() not in SAFE_SUFFIXES):
+        if entry.is_file() and entry.suffix.lower() in wanted:
+            found.setdefault(entry.stem, entry)
+        elif is_diffusers_folder(entry):
+            found.setdefault(entry.name, entry)
+    return {name: found[name] for name in sorted(found, key=str.lower)}
+
+
 def list_models(models_dir: str | Path | None, *, allow_pickle: bool = False) -> list[str]:
     """Names (file stems, diffusers folder names) of the models in ``models_dir``, sorted case-blind;
     [] when unset or missing."""
-    if models_dir is None or not Path(models_dir).is_dir():
-        return []
-    wanted = suffixes(allow_pickle=allow_pickle)
-    names = set()
-    for entry in Path(models_dir).iterdir():
-        if entry.is_file() and entry.suffix.lower() in wanted:
-            names.add(entry.stem)
-        elif is_diffusers_folder(entry):
-            names.add(entry.name)
-    return sorted(names, key=str.lower)
+    return list(model_paths(models_dir, allow_pickle=allow_pickle))

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, delete, func, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import AuditEntry, Ban, BlockedTerm, Job, JobState, LimitOverride, Usage, utcnow
+from bot.db.models import AuditEntry, Ban, BlockedTerm, Guild, Job, JobState, LimitOverride, Usage, utcnow
 from bot.db.session import Sessions, rows_matched
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
@@ -55,6 +56,7 @@ class GuildRules:
     overrides: list[OverrideRow]
     ban: BanRow | None
     terms: list[str]
+    default_model: str | None = None  # the model /imagine uses here when a member names none
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class _GuildRuleSet:
     overrides: list[OverrideRow]
     bans: dict[int, BanRow]
     terms: list[str]
+    default_model: str | None
 
 
 class ModerationStore:
@@ -100,7 +103,9 @@ class ModerationStore:
         ruleset = self._rules.get(guild_id)
         if ruleset is None:
             ruleset = await self._load_rules(guild_id)
-        return GuildRules(list(ruleset.overrides), ruleset.bans.get(user_id), list(ruleset.terms))
+        return GuildRules(
+            list(ruleset.overrides), ruleset.bans.get(user_id), list(ruleset.terms), ruleset.default_model
+        )
 
     async def _load_rules(self, guild_id: int) -> _GuildRuleSet:
         generation = self._generation.get(guild_id, 0)
@@ -114,10 +119,12 @@ class ModerationStore:
             terms = await session.scalars(
                 select(BlockedTerm.term).where(BlockedTerm.guild_id == guild_id).order_by(BlockedTerm.id)
             )
+            default_model = await session.scalar(select(Guild.default_model).where(Guild.id == guild_id))
             ruleset = _GuildRuleSet(
                 [OverrideRow(*row) for row in overrides],
                 {b.user_id: BanRow(b.user_id, b.reason, b.banned_by, b.created_at) for b in bans},
                 list(terms),
+                default_model,
             )
         # A write that began while this read ran may or may not be in it: keep it only if none did.
         if self._generation.get(guild_id, 0) == generation:
@@ -295,6 +302,22 @@ class ModerationStore:
                 return False
             self._audit(session, guild_id, actor_id, "blocklist.remove", "term", term, None)
             return True
+
+    # ------------------------------------------------------------------------------ default model
+
+    async def set_default_model(
+        self, guild_id: int, guild_name: str, model: str | None, *, actor_id: int
+    ) -> str | None:
+        """Set (or with None, clear) the guild's default model; returns the one it replaced."""
+        async with self._write(guild_id) as session:
+            old = await session.scalar(select(Guild.default_model).where(Guild.id == guild_id))
+            await session.execute(
+                sqlite_insert(Guild)
+                .values(id=guild_id, name=guild_name[:100], created_at=utcnow(), default_model=model)
+                .on_conflict_do_update(index_elements=[Guild.id], set_={"default_model": model})
+            )
+            self._audit(session, guild_id, actor_id, "model.default", "guild", old, model)
+            return old
 
     # -------------------------------------------------------------------------------- audit
 

@@ -8,6 +8,7 @@ import math
 import random
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 from engine import bounds
@@ -64,6 +65,8 @@ class Defaults:
     sampler: str = "DPM++ 2M Karras"
     size: int = 512  # the side of a 1:1 image; other aspects keep its pixel count
     count: int = 4
+    # The model family's trained sizes (engine/families.py: SDXL's); an aspect maps to the nearest one.
+    buckets: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +191,9 @@ def _flag_float(name: str, raw: str | None) -> float | None:
 # -------------------------------------------------------------------------------------- aspects
 
 
-def aspect_size(aspect: str, side: int = 512) -> tuple[int, int]:
-    """Width and height, multiples of 64, near ``side``² pixels with the given ratio (``16:9`` etc.)."""
+def aspect_size(aspect: str, side: int = 512, buckets: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:
+    """Width and height, multiples of 64, near ``side``² pixels with the given ratio (``16:9`` etc.); with
+    ``buckets``, the one whose ratio is nearest."""
     match = re.fullmatch(r"\s*(\d{1,3})\s*[:x×/]\s*(\d{1,3})\s*", aspect)
     if not match:
         raise PolicyError(
@@ -198,6 +202,8 @@ def aspect_size(aspect: str, side: int = 512) -> tuple[int, int]:
     w, h = int(match.group(1)), int(match.group(2))
     if not w or not h or max(w, h) / min(w, h) > 4:
         raise PolicyError(f"Aspect `{w}:{h}` is too extreme; keep it within 4:1 (e.g. {', '.join(ASPECTS)}).")
+    if buckets:
+        return min(buckets, key=lambda size: abs(math.log(size[0] / size[1]) - math.log(w / h)))
     pixels = side * side
     width = math.sqrt(pixels * w / h)
     height = width * h / w
@@ -259,7 +265,7 @@ def resolve(
             f"Count must be between {bounds.COUNT.lo} and {max_count} here (you asked for {count})."
         )
     sampler = find_sampler(params.sampler) if params.sampler else defaults.sampler
-    width, height = aspect_size(params.aspect or "1:1", defaults.size)
+    width, height = aspect_size(params.aspect or "1:1", defaults.size, defaults.buckets)
     max_pixels = min(limits.max_pixels, bounds.PIXELS.hi)
     if width * height > max_pixels or width not in bounds.SIDE or height not in bounds.SIDE:
         raise PolicyError(

@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import models_dir
 from bot.cogs.common import FriendlyErrors, lines_within, refuse_after_defer, reply, safe, within_budget
 from bot.cogs.imagine._actions import REROLL_EMOJI, reroll_from_reaction
 from bot.cogs.imagine._submit import Origin, defaults_of, prepare
@@ -135,12 +136,8 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     async def _model_names(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        s = self.bot.settings
-        names = await within_budget(
-            asyncio.to_thread(list_models, s.models_dir, allow_pickle=s.allow_pickle_checkpoints)
-        )
-        wanted = current.lower()
-        return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names if wanted in n.lower()][:25]
+        found = await within_budget(asyncio.to_thread(models_dir.choices, self.bot.settings, current))
+        return [app_commands.Choice(name=label, value=value) for label, value in found]  # "name (SDXL)"
 
     @app_commands.command(name="help", description="How to use the image bot")
     async def help(self, interaction: discord.Interaction) -> None:

@@ -6,11 +6,13 @@ Two steps, so that every refusal can be answered ephemerally before anything is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import discord
 
+from bot import models_dir
 from bot.db.models import Job
 from bot.jobs.manager import Ticket
 from bot.jobs.policy import Defaults, Params, PolicyError
@@ -59,8 +61,25 @@ class Prepared:
 
 
 def defaults_of(bot: ImagineBot) -> Defaults:
-    s = bot.settings
-    return Defaults(steps=s.default_steps, cfg=s.default_cfg, sampler=s.default_sampler, size=s.default_size)
+    """The settings' defaults, before the model is known (its family may change the size: prepare)."""
+    return models_dir.base_defaults(bot.settings)
+
+
+async def model_and_defaults(
+    bot: ImagineBot, guild_id: int | None, params: Params
+) -> tuple[Params, Defaults]:
+    """``params`` with the guild's default model filled in when none is named, and the defaults of a job
+    on that model (its family's size and aspect buckets: bot/models_dir.py)."""
+    model = params.model
+    if model is None and guild_id is not None:
+        model = (await bot.admission.store.rules(guild_id, 0)).default_model
+        params = replace(params, model=model)
+    entry = await asyncio.to_thread(models_dir.entry_for, bot.settings, model)
+    if model and (entry is None or entry.family is None):
+        raise PolicyError(
+            f"The model `{model[:60]}` is not available any more; pick another (`/models` lists them)."
+        )
+    return params, models_dir.job_defaults(bot.settings, entry)
 
 
 async def prepare(
@@ -79,8 +98,9 @@ async def prepare(
     if origin.guild_id is None:
         # Bans, blocked terms and quotas are a server's: in a DM none would apply (README: Direct messages).
         raise PolicyError(GUILD_ONLY)
+    params, defaults = await model_and_defaults(bot, origin.guild_id, params)
     # Limits, bans, blocked terms and quotas (bot/jobs/admission.py); raises PolicyError, writes nothing.
-    admitted = await bot.admission.admit(origin, params, defaults_of(bot), kind=kind, size=size)
+    admitted = await bot.admission.admit(origin, params, defaults, kind=kind, size=size)
     resolved, width, height = admitted.resolved, admitted.width, admitted.height
     job = Job(
         id=admitted.job_id,

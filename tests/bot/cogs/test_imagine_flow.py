@@ -10,6 +10,7 @@ from PIL import Image
 
 from engine.pnginfo import read_png_parameters
 from tests.bot.answers import answer, refusal, settled
+from tests.bot.model_headers import write_header_only
 from tests.waiting import wait_until
 
 REROLL = "🔄"
@@ -294,8 +295,8 @@ async def test_model_autocomplete_and_unknown_model(fake_discord, make_settings,
     guild, channel, alice, _ = _world(fake)
     models = tmp_path / "models"
     models.mkdir()
-    (models / "dreamshaper_8.safetensors").write_bytes(b"")
-    (models / "v1-5-pruned-emaonly.safetensors").write_bytes(b"")
+    write_header_only(models / "dreamshaper_8.safetensors", "sd1")
+    write_header_only(models / "v1-5-pruned-emaonly.safetensors", "sd1")
     (models / "old.ckpt").write_bytes(b"")  # a pickle: not offered unless ALLOW_PICKLE_CHECKPOINTS
     async with run_bot(make_settings(GUILD_IDS=guild.id, MODELS_DIR=models)):
         auto = await fake.autocomplete(
