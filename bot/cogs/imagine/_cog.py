@@ -13,9 +13,18 @@ from discord.ext import commands
 from bot import models_dir
 from bot.cogs.common import FriendlyErrors, lines_within, refuse_after_defer, reply, safe, within_budget
 from bot.cogs.imagine._actions import REROLL_EMOJI, reroll_from_reaction
-from bot.cogs.imagine._submit import Origin, defaults_of, prepare
+from bot.cogs.imagine._submit import Origin, defaults_of, model_and_defaults, prepare
 from bot.cogs.imagine._views import JobButton
-from bot.jobs.policy import ASPECTS, Limits, Params, PolicyError, aspect_size, parse_flags, resolve
+from bot.jobs.policy import (
+    ASPECTS,
+    Defaults,
+    Limits,
+    Params,
+    PolicyError,
+    aspect_size,
+    parse_flags,
+    resolve,
+)
 from engine import bounds, pictures
 from engine import loras as lora_tags
 from engine.model_files import list_models
@@ -28,7 +37,7 @@ REROLL = REROLL_EMOJI
 
 HELP = f"""**/imagine** `prompt` — four pictures as a 2×2 grid.
 Options: `negative` (what to leave out), `aspect` ({", ".join(ASPECTS)}), `seed`, `steps`, `cfg`,
-`sampler`, `count`, `model`, `image` + `strength` (start from your picture).
+`sampler`, `count`, `model` (**/models** lists them), `image` + `strength` (start from your picture).
 Inline flags work too, Midjourney style — options win over flags:
 > `/imagine a lighthouse at dusk --ar 16:9 --no fog, boats --seed 42`
 > `/imagine portrait of a cat, oil painting --steps 30 --cfg 6.5 --sampler Euler a --count 2`
@@ -37,7 +46,7 @@ the same prompt with a new seed (reacting {REROLL} does too), ℹ️ shows the p
 A1111 prompt syntax works: `(word:1.3)`, `[word]`, `BREAK`, and `<lora:name:0.8>` (**/loras** lists them).
 Every picture keeps its A1111 `parameters` — drop it into AUTOMATIC1111's PNG Info tab.
 **/usage** shows what you have made and what is left today; **/cancel** stops a job of yours.
-Admins: **/limits**, **/ban**, **/blocklist**, **/queue**, **/stats**."""
+Admins: **/limits**, **/ban**, **/blocklist**, **/queue**, **/stats**, **/default-model**."""
 
 
 class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explanations
@@ -117,7 +126,8 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             kind, init, size = JobKind.TXT2IMG, None, None
             if image is not None:
                 kind = JobKind.IMG2IMG
-                init, size = await self._read_init_image(image, params.aspect)
+                _, defaults = await model_and_defaults(self.bot, interaction.guild_id, params)
+                init, size = await self._read_init_image(image, params.aspect, defaults)
             prepared = await prepare(
                 self.bot, Origin.of(interaction), params, kind=kind, init_image=init, size=size
             )
@@ -187,7 +197,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             raise PolicyError(f"That prompt's LoRA can't be used: {safe(str(exc), 400)}.") from None
 
     async def _read_init_image(
-        self, image: discord.Attachment, aspect: str | None
+        self, image: discord.Attachment, aspect: str | None, defaults: Defaults
     ) -> tuple[bytes, tuple[int, int]]:
         """The attachment as the normalized PNG the engine gets (engine/pictures.py), and the job's size."""
         name = safe(image.filename, 60)
@@ -211,7 +221,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             # Keep the shape of the picture the user gave, at the model's native pixel count.
             w, h = _reduce(width, height)
             aspect = f"{w}:{h}" if max(w, h) / min(w, h) <= 4 else "1:1"
-        return picture.png, aspect_size(aspect, self.bot.settings.default_size)
+        return picture.png, aspect_size(aspect, defaults.size, defaults.buckets)  # the model family's sizes
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
