@@ -10,6 +10,9 @@
                                                     NATS_CREDS or --nats-creds FILE; never in the URL)
     python -m engine generate "prompt" --out img.png [...]
                                                     one-off render from a shell, with a progress bar
+    python -m engine convert FILE.ckpt FILE.safetensors [--force] [--allow-pickle]
+                                                    a pickled checkpoint, LoRA or embedding as .safetensors
+                                                    (read with the safe unpickler: engine/safe_pickle.py)
 
 Flags fall back to the environment where one is named: ENGINE_MAX_BATCH, MODELS_DIR,
 ALLOW_PICKLE_CHECKPOINTS, ENGINE_DEVICE, ENGINE_DTYPE, ENGINE_SINGLE_FILE_CONFIG, ENGINE_TAESD,
@@ -163,7 +166,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=0.75)
     p.add_argument("--upscale", action="store_true", help="2x upscale of --init (hires-fix style)")
     _add_model_flags(p, model_required=False)
+
+    p = sub.add_parser("convert", help="write a pickled .ckpt/.pt/.bin as .safetensors (safe unpickler)")
+    p.add_argument("source", type=Path)
+    p.add_argument("dest", type=Path)
+    p.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=_env_flag("ALLOW_PICKLE_CHECKPOINTS"),
+        help="read a file the safe unpickler refuses with the full one (runs its code: trusted files only)",
+    )
     return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from engine.convert import ConvertError, convert
+    from engine.safe_pickle import PickleLoadError, PickleRefused
+
+    try:
+        count = convert(args.source, args.dest, force=args.force, allow_pickle=args.allow_pickle)
+    except (ConvertError, PickleRefused, PickleLoadError, OSError) as exc:
+        print(f"engine convert: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.dest} ({count} tensors)")
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -199,7 +226,13 @@ def _generate(args: argparse.Namespace) -> int:
         strength=args.strength,
         init_image=init,
     )
-    runner = runner_from_args(args, worker_id="")
+    from engine.loading import ModelLoadError
+
+    try:
+        runner = runner_from_args(args, worker_id="")
+    except (ModelLoadError, ValueError, FileNotFoundError) as exc:  # one line, as the worker says it
+        print(f"engine generate: {exc}", file=sys.stderr)
+        return 2
     bar = tqdm(total=None, unit="step", file=sys.stderr, desc="generating")
 
     def on_event(event: object) -> None:
@@ -257,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_serve(args)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "convert":
+        return _convert(args)
     raise AssertionError(args.command)
 
 

@@ -3,8 +3,8 @@
 A model spec is one of:
 
 - a local diffusers folder (``model_index.json`` inside);
-- a single checkpoint file as AUTOMATIC1111 users keep them (``.safetensors``; ``.ckpt``/``.pt``/``.bin`` only
-  when pickles are allowed, because loading a pickle runs code), loaded with ``from_single_file`` offline
+- a single checkpoint file as AUTOMATIC1111 users keep them (``.safetensors``; ``.ckpt``/``.pt``/``.bin``
+  through torch's weights-only unpickler, engine/safe_pickle.py), loaded with ``from_single_file`` offline
   from a local diffusers config folder of its family (shipped with the engine, engine/sdxl.py);
 - a name in MODELS_DIR (a file stem, a file name, or a sub-folder), which is how requests pick a model;
 - a Hugging Face hub id (``org/name``), downloaded once with a progress bar and cached.
@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.convert import loadable_path
 from engine.families import Family, UnknownFamilyError, detect_family, model_defaults
-from engine.model_files import ALL_SUFFIXES, PICKLE_SUFFIXES, is_diffusers_folder, list_models
+from engine.model_files import ALL_SUFFIXES, is_diffusers_folder, list_models
 from engine.model_hashes import default_cache
+from engine.safe_pickle import PickleLoadError, PickleRefused
 
 log = logging.getLogger(__name__)
 
@@ -221,12 +223,6 @@ def _load_single_file(
     family: Family = Family.SD1,
 ) -> Any:
     path = Path(source.location)
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise ModelLoadError(
-            f"refusing to load {path.name}: {path.suffix} checkpoints are Python pickles and loading one "
-            "runs code; convert it to .safetensors, or allow pickles (ALLOW_PICKLE_CHECKPOINTS=true, "
-            "worker flag --allow-pickle) if you trust the file"
-        )
     # --single-file-config describes one architecture: it serves the files of its own family; the others
     # load with the configs the engine ships.
     config_dir = Path(config) if config is not None else None
@@ -237,6 +233,12 @@ def _load_single_file(
             f"cannot load {path.name}: single-file checkpoints need a local diffusers config folder "
             f"(--single-file-config DIR); {config_dir} is not one"
         )
-    return _pipeline_class(family).from_single_file(
-        str(path), config=str(config_dir), local_files_only=True, **common
-    )
+    # Pickles (.ckpt/.pt/.bin) load through torch's weights-only unpickler; one that needs more is refused
+    # with what it asked for, unless pickles are allowed (engine/safe_pickle.py, engine/convert.py).
+    try:
+        with loadable_path(path, allow_pickle) as readable:
+            return _pipeline_class(family).from_single_file(
+                str(readable), config=str(config_dir), local_files_only=True, **common
+            )
+    except (PickleRefused, PickleLoadError) as exc:
+        raise ModelLoadError(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""Every loader path: diffusers folder, single files (.safetensors, .ckpt behind --allow-pickle), MODELS_DIR
+"""Every loader path: diffusers folder, single files (.safetensors, .ckpt by the safe unpickler), MODELS_DIR
 names per request, cached hub ids, and failures that name the file while the worker keeps its model."""
 
 from __future__ import annotations
@@ -80,11 +80,10 @@ def test_single_file_checkpoint_round_trips(tiny_model, models_dir):
     assert pipe.safety_checker is None
 
 
-def test_pickle_checkpoints_need_permission(tiny_model, models_dir):
+def test_pickle_checkpoints_load_through_the_safe_unpickler(tiny_model, models_dir):
+    # Tensors only: no opt-in needed (tests/engine/test_safe_pickle.py has the refusals).
     src = resolve_model("tiny-pickle", models_dir)
-    with pytest.raises(ModelLoadError, match=r"tiny-pickle.ckpt.*pickle.*--allow-pickle"):
-        load_pipeline(src, single_file_config=tiny_model)
-    pipe = load_pipeline(src, single_file_config=tiny_model, allow_pickle=True)
+    pipe = load_pipeline(src, single_file_config=tiny_model)
     assert pipe.unet is not None
 
 
@@ -111,7 +110,7 @@ def test_requests_pick_models_by_name_and_failures_keep_the_model(tiny_model, mo
         assert isinstance(bad, JobFailed) and "broken" in bad.reason
         assert r.model_name == "tiny-file"  # the model it had stays loaded
         pickle = r.run([request("pk", model="tiny-pickle")])["pk"]
-        assert isinstance(pickle, JobFailed) and "--allow-pickle" in pickle.reason
+        assert isinstance(pickle, JobDone) and pickle.model == "tiny-pickle"  # weights only: loads safely
         again = r.run([request("default", seed=3)])["default"]  # model=None: back to the default
         assert isinstance(again, JobDone) and again.model == "tiny"
         folder = r.run([request("folder", model="tiny-folder")])["folder"]
