@@ -15,8 +15,10 @@ from bot.db import Database
 from bot.db.jobs import JobStore
 from bot.db.moderation import ModerationStore
 from bot.db.usage import UsageStore
+from bot.health import HealthServer
 from bot.jobs.admission import Admission
 from bot.jobs.manager import JobManager
+from bot.metrics import BotMetrics
 from bot.settings import Settings
 from bot.transport.base import Transport
 
@@ -82,7 +84,14 @@ class ImagineBot(commands.Bot):
         intents = discord.Intents.none()
         intents.guilds = True
         intents.guild_reactions = True  # the 🔄 reaction reroll
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        self.gateway_up = False  # on_connect / on_resumed / on_disconnect below
+        self.metrics = BotMetrics(lambda: self.gateway_up and not self.is_closed())
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            http_trace=self.metrics.trace(),  # Discord REST errors by status
+        )
         self.settings = settings
         self.db = Database(settings.database_url)
         self.store = JobStore(self.db.sessions)
@@ -92,11 +101,23 @@ class ImagineBot(commands.Bot):
             settings.output_dir,
             preview_every=settings.preview_every,
         )
+        self.metrics.follow(self.jobs)
+        self.health: HealthServer | None = None
+        if settings.metrics_port is not None:
+            self.health = HealthServer(
+                self.metrics,
+                self.store.undelivered_count,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+                max_wait=settings.health_max_wait,
+            )
         self.admission = Admission(ModerationStore(self.db.sessions), settings)
         self.usage = UsageStore(self.db.sessions)
         self._stopping: asyncio.Future[None] | None = None
 
     async def setup_hook(self) -> None:
+        if self.health is not None:
+            await self.health.start()  # first: a supervisor sees "starting" (503) rather than nothing
         await self.db.migrate()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -125,6 +146,15 @@ class ImagineBot(commands.Bot):
         log.info("logged in as %s (%s) in %d guild(s)", self.user, self.user.id, len(self.guilds))
         log.info("invite me: %s", url)
 
+    async def on_connect(self) -> None:
+        self.gateway_up = True
+
+    async def on_resumed(self) -> None:
+        self.gateway_up = True
+
+    async def on_disconnect(self) -> None:
+        self.gateway_up = False
+
     async def close(self) -> None:
         """Stop in order, each phase within its own bound (bot/shutdown.py): the JobManager and its engine
         workers (no new results), then Discord (no more posting), then the database (nothing left to write).
@@ -134,6 +164,8 @@ class ImagineBot(commands.Bot):
         await asyncio.shield(self._stopping)
 
     async def _stop_in_phases(self) -> None:
+        if self.health is not None:
+            await shutdown.bounded("metrics server", self.health.close(), shutdown.DATABASE_LIMIT)
         await shutdown.bounded("jobs and engine workers", self.jobs.close(), shutdown.ENGINE_LIMIT)
         await shutdown.bounded("discord", super().close(), shutdown.DISCORD_LIMIT)
         await shutdown.bounded("database", self.db.close(), shutdown.DATABASE_LIMIT)

@@ -144,7 +144,13 @@ class Gateway:
             "user_settings": {},
         }
 
+    # While True, new gateway connections are refused (HTTP 503), like a gateway outage: with
+    # ``disconnect_bots`` it keeps a bot disconnected, retrying with its backoff, until set back.
+    refuse_gateway: bool = False
+
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        if self.refuse_gateway:
+            raise web.HTTPServiceUnavailable(text="fakediscord: gateway refused")
         ws = web.WebSocketResponse(compress=False, max_msg_size=0)
         await ws.prepare(request)
         conn = _Connection(ws)
