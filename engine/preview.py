@@ -5,11 +5,14 @@ linear path; the image is encoded small (WebP, PNG where Pillow lacks WebP)."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, features
+
+from engine.families import Family
 
 # SD 1.x latent channels -> RGB (rows: the 4 latent channels), on the scaled latents the sampler works on.
 SD15_LATENT_RGB_FACTORS = (
@@ -19,15 +22,32 @@ SD15_LATENT_RGB_FACTORS = (
     (-0.2120, -0.0184, -0.0891),
 )
 
+# SDXL's latent space is another one (factors and bias as ComfyUI's latent_formats.SDXL).
+SDXL_LATENT_RGB_FACTORS = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+_LINEAR: dict[Family, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
+    Family.SD1: (SD15_LATENT_RGB_FACTORS, (0.0, 0.0, 0.0)),
+    Family.SD2: (SD15_LATENT_RGB_FACTORS, (0.0, 0.0, 0.0)),  # SD 2.x kept SD 1.x's VAE
+    Family.SDXL: (SDXL_LATENT_RGB_FACTORS, SDXL_LATENT_RGB_BIAS),
+}
+
 PREVIEW_MAX_SIDE = 256
 PREVIEW_UPSCALE = 2  # a latent-resolution image (1/8 of the picture) shown at 2x: 128 px for 512
 _HAS_WEBP = features.check("webp")
 
 
-def latents_to_rgb(latent: torch.Tensor) -> Image.Image:
-    """One latent ``[4, h, w]`` -> an ``h x w`` RGB image through the linear approximation."""
-    factors = torch.tensor(SD15_LATENT_RGB_FACTORS, dtype=torch.float32, device=latent.device)
+def latents_to_rgb(latent: torch.Tensor, family: Family = Family.SD1) -> Image.Image:
+    """One latent ``[4, h, w]`` -> an ``h x w`` RGB image through ``family``'s linear approximation."""
+    table, bias = _LINEAR[family]
+    factors = torch.tensor(table, dtype=torch.float32, device=latent.device)
     rgb = torch.tensordot(latent.float(), factors, dims=([0], [0]))  # [h, w, 3]; einsum is slower on CPUs
+    if any(bias):
+        rgb = rgb + torch.tensor(bias, dtype=torch.float32, device=latent.device)
     rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
     return Image.fromarray(rgb, "RGB")
 
@@ -47,14 +67,17 @@ def encode_preview(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE, upscale
 
 
 class Previewer:
-    """Turns a latent into preview bytes; uses TAESD (``AutoencoderTiny``) when ``taesd`` names a folder."""
+    """Turns a latent into preview bytes; uses TAESD (``AutoencoderTiny``) when ``taesd`` names a folder
+    (TAESDXL for an SDXL ``family``: the same architecture, trained on SDXL's latents)."""
 
     def __init__(
         self,
-        taesd: str | Path | None = None,
+        taesd: str | os.PathLike[str] | None = None,
         device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        family: Family = Family.SD1,
     ) -> None:
+        self.family = family
         self.taesd: Any = None
         if taesd is not None:
             from diffusers import AutoencoderTiny
@@ -72,7 +95,7 @@ class Previewer:
     @torch.no_grad()
     def image(self, latent: torch.Tensor) -> Image.Image:
         if self.taesd is None:
-            return latents_to_rgb(latent)
+            return latents_to_rgb(latent, self.family)
         param = next(self.taesd.parameters())
         decoded = self.taesd.decode(latent[None].to(param.device, param.dtype)).sample[0]
         rgb = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

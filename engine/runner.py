@@ -36,11 +36,13 @@ from PIL import Image
 
 from engine import bounds, devices, loading, prompts
 from engine import loras as loras_mod
+from engine.families import Family
 from engine.jobs import Emit, Job, JobBook
 from engine.model_slot import ModelSlot
 from engine.pngs import PngEncoder, png_parameters
 from engine.preview import Previewer
 from engine.progress import Interrupted, StepProgress
+from engine.prompts_sdxl import sdxl_inputs
 from engine.protocol import (
     DEFAULT_SAMPLER,
     Event,
@@ -52,7 +54,7 @@ from engine.protocol import (
 )
 from engine.requests import RequestError, prepare_job
 from engine.safety import SafetyChecker
-from engine.samplers import make_scheduler
+from engine.samplers import make_scheduler, uses_noise_seeds
 
 __all__ = ["Job", "RequestError", "Runner"]
 
@@ -77,6 +79,7 @@ class Runner:
         allow_pickle: bool = False,
         single_file_config: str | os.PathLike[str] | None = None,
         taesd: str | os.PathLike[str] | None = None,
+        taesdxl: str | os.PathLike[str] | None = None,
         lora_dir: str | os.PathLike[str] | None = None,
         safety_checker: str | os.PathLike[str] | None = None,
         compile: bool = False,
@@ -128,6 +131,8 @@ class Runner:
             cache_gb=cache_gb,
         )
         self.previewer = Previewer(Path(taesd), self.device, self.dtype) if taesd is not None else Previewer()
+        # SDXL's latents differ from SD 1.x/2.x's: TAESDXL, or the linear approximation with SDXL's factors.
+        self.previewer_xl = Previewer(taesdxl, self.device, self.dtype, family=Family.SDXL)
         self.safety: SafetyChecker | None = None
         if safety_checker is not None:
             self.safety = SafetyChecker(Path(safety_checker), self.device, self.dtype)
@@ -316,21 +321,27 @@ class Runner:
             kwargs["num_inference_steps"] = bounds.img2img_schedule(key.steps, key.strength or 1.0)
         # Before encoding: a LoRA may change the text encoder too. The img2img pipeline shares these modules.
         self.loras.apply(self.slot.pipe, key.loras)
-        embeds = prompts.encode_prompts(
-            pipe, kwargs["prompt"], kwargs["negative_prompt"], self.device, self.dtype
-        )
-        if embeds is not None:  # A1111 emphasis, BREAK or over 75 tokens: see engine/prompts.py
+        sdxl = self.slot.family is Family.SDXL
+        if sdxl:  # both text encoders, the pooled embedding, size conditioning: engine/prompts_sdxl.py
+            texts = kwargs.pop("prompt"), kwargs.pop("negative_prompt")
+            kwargs.update(sdxl_inputs(pipe, *texts, key.width, key.height, self.device, self.dtype))
+        elif (
+            embeds := prompts.encode_prompts(
+                pipe, kwargs["prompt"], kwargs["negative_prompt"], self.device, self.dtype
+            )
+        ) is not None:  # A1111 emphasis, BREAK or over 75 tokens: see engine/prompts.py
             del kwargs["prompt"], kwargs["negative_prompt"]
             kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = embeds
-        pipe.scheduler = make_scheduler(key.sampler, self.slot.base_scheduler_config)
+        pipe.scheduler = make_scheduler(key.sampler, key.scheduler, self.slot.base_scheduler_config)
+        if uses_noise_seeds(pipe.scheduler):  # DPM++ SDE: one Brownian tree per image, on the image's seed
+            pipe.scheduler.noise_sampler_seed = [job.request.seeds[i] for job, i in items]
         if key.width * key.height > TILING_ABOVE_PIXELS:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
 
-        kwargs["callback_on_step_end"] = StepProgress(
-            self.jobs, items, emit, self.previewer.preview, lambda: self._abort
-        )
+        preview = (self.previewer_xl if sdxl else self.previewer).preview
+        kwargs["callback_on_step_end"] = StepProgress(self.jobs, items, emit, preview, lambda: self._abort)
         out = pipe(**kwargs)
         return list(out.images)
 

@@ -109,3 +109,23 @@ def make_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
     build_tiny_sdxl_pipeline(seed).save_pretrained(path, safe_serialization=True)
     write_tiny_sidecar(path)
     return path
+
+
+def make_tiny_sdxl_lora(path: str | Path, seed: int = 0) -> Path:
+    """A LoRA ``.safetensors`` for the tiny SDXL (random low-rank weights on the UNet's attention, in
+    diffusers' format), for exercising ``<lora:name:weight>`` on SDXL. Returns the file."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    path = Path(path)
+    unet = build_tiny_sdxl_pipeline(seed).unet
+    torch.manual_seed(seed + 1)
+    # init_lora_weights=False: random B matrices; peft's default zeros would make a LoRA that does nothing.
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v"])
+    )
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionXLPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    return path

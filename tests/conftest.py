@@ -3,6 +3,7 @@ import inspect
 import io
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -52,3 +53,29 @@ async def _task_reaper():  # type: ignore[no-untyped-def]
         )
         # Private, but the only way to let the loop close: it would wait for this task forever.
         asyncio.tasks._unregister_task(task)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------------------
+# The tiny SDXL (engine/tiny_sdxl.py), built once per session for engine and bot tests alike: a diffusers
+# folder and the same weights as one SGM-layout single file, each with its sidecar (native size 64). The
+# single file loads offline with ``single_file_config=tiny_sdxl_dir`` (its architecture is not SDXL base's).
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from engine.tiny_sdxl import make_tiny_sdxl
+
+    return make_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_file(tiny_sdxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diffusers import StableDiffusionXLPipeline
+
+    from engine.checkpoint import save_single_file
+    from engine.tiny_sdxl import write_tiny_sidecar
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir, local_files_only=True)
+    path = save_single_file(pipe, tmp_path_factory.mktemp("sdxl-file") / "tiny-sdxl-file.safetensors")
+    write_tiny_sidecar(path)
+    return path
