@@ -55,12 +55,18 @@ def fit(png: bytes, limit: int) -> tuple[bytes, str]:
     """
     if len(png) <= limit:
         return png, "png"
-    image = Image.open(io.BytesIO(png)).convert("RGB")
+    opened = Image.open(io.BytesIO(png))
+    text = opened.info.get("parameters")
+    # The parameters go along, where A1111 keeps them in these formats (EXIF UserComment).
+    exif = pnginfo.exif_parameters(text) if isinstance(text, str) else b""
+    if len(exif) > 60_000:  # past a JPEG segment's 64 KiB: the picture matters more
+        exif = b""
+    image = opened.convert("RGB")
     while True:
         for fmt, ext in (("WEBP", "webp"), ("JPEG", "jpg")):
             for quality in (90, 80, 65, 50, 35):
                 out = io.BytesIO()
-                image.save(out, format=fmt, quality=quality)
+                image.save(out, format=fmt, quality=quality, exif=exif)
                 if out.tell() <= limit:
                     return out.getvalue(), ext
         if image.width <= 64 or image.height <= 64:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -309,14 +310,42 @@ def recall_sampler(sampler: str | None, schedule_type: str | None) -> tuple[str 
     return sampler, schedule
 
 
-def read_png_parameters(png: bytes) -> str | None:
-    """The ``parameters`` text chunk of a PNG (needs Pillow), or ``None``."""
+def read_png_parameters(data: bytes) -> str | None:
+    """The ``parameters`` text of a picture (needs Pillow): a PNG's text chunk, or, as A1111 reads a JPEG
+    or WebP, the EXIF ``UserComment``; ``None`` when it has neither."""
     import io
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(png)) as image:
+    with Image.open(io.BytesIO(data)) as image:
         value = image.info.get("parameters")
         if value is None and hasattr(image, "text"):
             value = image.text.get("parameters")
+        if value is None:
+            raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+            if isinstance(raw, bytes) and raw.startswith(_UNICODE):
+                value = raw[len(_UNICODE) :].decode("utf-16-be", errors="replace")
     return value if isinstance(value, str) else None
+
+
+_EXIF_IFD, _USER_COMMENT, _UNDEFINED, _LONG = 0x8769, 0x9286, 7, 4
+_UNICODE = b"UNICODE\0"  # the EXIF character-code prefix of a UTF-16 UserComment
+
+
+def exif_parameters(text: str) -> bytes:
+    """EXIF data (for Pillow's ``exif=``, JPEG or WebP) holding ``text`` as A1111 stores its parameters in
+    those formats: a UTF-16 ``UserComment`` in the Exif IFD, typed UNDEFINED, as piexif (which A1111 reads
+    it with) expects."""
+    comment = _UNICODE + text.encode("utf-16-be")
+    exif_ifd = 8 + 2 + 12 + 4  # after the TIFF header and IFD0's one entry
+    comment_at = exif_ifd + 2 + 12 + 4
+    tiff = (
+        b"II*\0"
+        + struct.pack("<I", 8)
+        + struct.pack("<HHHII", 1, _EXIF_IFD, _LONG, 1, exif_ifd)
+        + struct.pack("<I", 0)
+        + struct.pack("<HHHII", 1, _USER_COMMENT, _UNDEFINED, len(comment), comment_at)
+        + struct.pack("<I", 0)
+        + comment
+    )
+    return b"Exif\0\0" + tiff
