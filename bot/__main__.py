@@ -73,7 +73,10 @@ def main() -> None:
         raise SystemExit(2) from None
     from bot.logs import setup_logging
 
-    setup_logging(settings.log_level, settings.discord_token.get())
+    auth = settings.nats_auth
+    setup_logging(
+        settings.log_level, settings.discord_token.get(), auth.password, auth.token, fmt=settings.log_format
+    )
     code = asyncio.run(_run(settings))
     if code:
         raise SystemExit(code)

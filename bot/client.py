@@ -63,6 +63,7 @@ def make_transport(settings: Settings) -> Transport:
             extra_args=settings.engine_args,
             safety_checker=settings.safety_checker or None,
             model_cache=(settings.model_cache, settings.model_cache_ram, settings.model_cache_gb),
+            log_format=settings.log_format,
         )
         return LocalTransport(options, settings.engine_workers)
     if settings.engine_transport == "nats":

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from engine.logging_setup import setup_engine_logging
 from engine.nats_connect import NatsAuth, NatsConfigError, broker, has_secret
 from engine.nats_heartbeat import DEFAULT_INTERVAL, INTERVAL, SLOTS
 from engine.nats_layout import DEFAULT_NAMESPACE
@@ -120,11 +121,7 @@ def broker_from(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[s
 
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``python -m engine serve``."""
-    logging.basicConfig(
-        level=os.environ.get("ENGINE_LOG_LEVEL", "INFO").upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    setup_engine_logging(os.environ, os.getpid())
     try:
         url, auth = broker_from(args, os.environ)
     except NatsConfigError as exc:

@@ -24,6 +24,7 @@ import sys
 import threading
 from typing import IO, Any
 
+from engine.logging_setup import setup_engine_logging
 from engine.protocol import (
     Cancel,
     Event,
@@ -216,11 +217,7 @@ def run_worker(args: Any) -> int:
         # would leave its jobs unreported and its traceback in the bot's log. (By hand, Ctrl-C still works.)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = claim_stdout()
-    logging.basicConfig(
-        level=os.environ.get("ENGINE_LOG_LEVEL", "INFO").upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    setup_engine_logging(os.environ, os.getpid())
     from engine.loading import ModelLoadError
 
     try:

@@ -51,6 +51,7 @@ class WorkerOptions:
     model_cache: tuple[int, int, int] = (2, 0, 0)  # MODEL_CACHE, MODEL_CACHE_RAM, MODEL_CACHE_GB
     python: str = sys.executable
     env: dict[str, str] | None = None  # None: inherit the bot's environment
+    log_format: str = "text"  # LOG_FORMAT: the workers log to the bot's stderr in the bot's format
 
     def command(self, worker_id: str, device: str) -> list[str]:
         cmd = [
@@ -132,6 +133,7 @@ class LocalTransport:
         env = dict(os.environ if self.options.env is None else self.options.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.pop("DISCORD_TOKEN", None)  # the engine has no use for the bot's secret
+        env["LOG_FORMAT"] = self.options.log_format
         worker.ready = False
         worker.proc = await asyncio.create_subprocess_exec(
             *self.options.command(worker.worker_id, worker.device),
