@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from engine.urls import redact
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
@@ -37,19 +39,6 @@ _NKEY_SEED = re.compile(rb"\s*(SU[A-Z2-7]{50,})\s*")
 
 class NatsConfigError(ValueError):
     """A NATS URL or credential that cannot work; the message never holds a secret."""
-
-
-def redact(url: str) -> str:
-    """``url`` without a user name, token or password, for logs and error lines."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return "<unparseable NATS URL>"
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = f"***@{host}" + (f":{port}" if port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def has_secret(url: str) -> bool:
