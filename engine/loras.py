@@ -1,13 +1,18 @@
 """LoRAs the AUTOMATIC1111 way: ``<lora:name:weight>`` in a prompt applies ``name.safetensors`` from the
 LoRA folder (A1111's ``models/Lora``) at that weight, and the tag itself is not encoded as text.
 
-Tags follow A1111's extra-network syntax: ``<lora:name>`` (weight 1), ``<lora:name:0.8>``, and the newer
-``<lora:name:0.8:0.5>`` (text-encoder and UNet weights; diffusers applies one weight per adapter, so the
-first is used). A name used twice adds up, as in A1111. Only the positive prompt activates LoRAs (A1111's
-rule); the text around a tag is kept as written.
+Tags follow A1111's extra-network syntax (``<type:arg:arg...>``): ``<lora:name>`` (weight 1),
+``<lora:name:0.8>``, ``<lora:name:0.8:0.5>`` (text-encoder, then UNet weight; the UNet's defaults to the
+text encoder's), and the named forms ``te=``/``unet=`` in any order (``<lora:name:te=0.5:unet=1>``).
+``<lyco:...>`` is read as ``<lora:...>``, as A1111's LoRA extension does. A name used twice adds up, as in
+A1111. Only the positive prompt activates LoRAs (A1111's rule). Every tag is cut out of the text exactly as
+A1111 does it (nothing around it goes: ``"a cat, <lora:x>"`` encodes ``"a cat, "``). What A1111 can do and
+this engine cannot is refused rather than dropped: ``<hypernet:...>`` (hypernetworks), a ``dyn=`` rank,
+other extra-network types and named arguments.
 
 Files load through diffusers' ``load_lora_weights`` (which reads kohya/A1111 files as well as diffusers'
-own), once per file and model, as named peft adapters; each batch then switches to its own set with
+own; pickled ``.pt``/``.ckpt`` ones through the safe unpickler, engine/safe_pickle.py), once per file and
+model, as named peft adapters; each batch then switches to its own set with
 ``set_adapters``, or turns them all off. Requests with different LoRA sets never share a batch.
 """
 
@@ -19,17 +24,28 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from engine import bounds, families
-from engine.model_files import PICKLE_SUFFIXES, SAFE_SUFFIXES
+from engine import bounds, families, safe_pickle
+from engine.model_files import ALL_SUFFIXES, PICKLE_SUFFIXES, SAFE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 
-_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
+# A1111's extra-network tag (modules/extra_networks.py): a word, a colon, then anything up to ">".
+_TAG = re.compile(r"<(\w+):([^>]+)>")
+LORA_TAGS = ("lora", "lyco")  # A1111's LoRA extension registers "lyco" as an alias of "lora"
 
-Loras = tuple[tuple[str, float], ...]  # (name as in the tag, weight), sorted by name
+
+class Lora(NamedTuple):
+    """One LoRA of a prompt: its name as in the tag and its weights on the text encoder and the UNet."""
+
+    name: str
+    te: float
+    unet: float
+
+
+Loras = tuple[Lora, ...]  # sorted by name
 
 
 def short_hash(path: Path) -> str:
@@ -89,30 +105,66 @@ def check_family(path: Path, pipe: Any) -> None:
         )
 
 
+def _weight(raw: str, tag: str) -> float:
+    try:
+        weight = float(raw.strip())
+    except ValueError as exc:
+        raise LoraError(f"LoRA weight {raw.strip()!r} in {tag!r} is not a number") from exc
+    if not math.isfinite(weight):
+        raise LoraError(f"LoRA weight in {tag!r} must be a finite number")
+    return weight
+
+
+def _parse_tag(tag: str, args: str) -> tuple[str, float, float]:
+    """(name, te, unet) of one tag's arguments, read as A1111 1.10's LoRA extension reads them: an argument
+    with exactly one ``=`` is named, the others positional (name, te, unet, dyn)."""
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for item in args.split(":"):
+        parts = item.split("=", 2)
+        if len(parts) == 2:
+            named[parts[0]] = parts[1]
+        else:
+            positional.append(item)
+    unknown = sorted(set(named) - {"te", "unet", "dyn"})
+    if unknown:
+        raise LoraError(f"{tag!r}: unknown LoRA argument {unknown[0]}=; use te= and unet=")
+    if len(positional) > 3 or "dyn" in named:
+        raise LoraError(f"{tag!r}: a dyn (LyCORIS rank) argument is not supported here; remove it")
+    name = positional[0].strip() if positional else ""
+    if not name or set(name) & set("<>"):
+        raise LoraError(f"{tag!r} does not name a LoRA")
+    te = _weight(named.get("te", positional[1] if len(positional) > 1 else "1"), tag)
+    unet = _weight(named["unet"], tag) if "unet" in named else None
+    if unet is None:
+        unet = _weight(positional[2], tag) if len(positional) > 2 else te
+    return name, te, unet
+
+
 def extract(prompt: str) -> tuple[str, Loras]:
-    """``prompt`` without its ``<lora:...>`` tags, and the LoRAs they name with their weights."""
-    weights: dict[str, float] = {}
+    """``prompt`` without its extra-network tags (cut as A1111 cuts them), and the LoRAs they name with
+    their weights. LoraError for a tag this engine cannot apply (a hypernetwork, an unknown type)."""
+    weights: dict[str, tuple[float, float]] = {}
     for match in _TAG.finditer(prompt):
-        name = match.group(1).strip()
-        raw = (match.group(2) or "").strip()
-        try:
-            weight = float(raw) if raw else 1.0
-        except ValueError as exc:
-            raise LoraError(f"LoRA weight {raw!r} in {match.group(0)!r} is not a number") from exc
-        if not math.isfinite(weight):
-            raise LoraError(f"LoRA weight in {match.group(0)!r} must be a finite number")
-        weights[name] = weights.get(name, 0.0) + weight
-    for name, weight in weights.items():
+        kind, tag = match.group(1), match.group(0)
+        if kind == "hypernet":
+            raise LoraError(f"hypernetworks are not supported here; remove {tag!r} (LoRAs are: <lora:name>)")
+        if kind not in LORA_TAGS:
+            raise LoraError(f"unknown extra network {tag!r}; this engine applies <lora:name:weight> tags")
+        name, te, unet = _parse_tag(tag, match.group(2))
+        old_te, old_unet = weights.get(name, (0.0, 0.0))
+        weights[name] = (old_te + te, old_unet + unet)
+    for name, pair in weights.items():
         # The sum too: two tags of 1e308 add up to inf. Peft scales float32/float16 layers by the weight.
-        if weight not in bounds.WEIGHT:
+        if any(weight not in bounds.WEIGHT for weight in pair):
+            shown = "/".join(f"{w:g}" for w in dict.fromkeys(pair))
             raise LoraError(
-                f"LoRA {name!r} has a weight of {weight:g}; it must be between {bounds.WEIGHT.lo:g} and "
+                f"LoRA {name!r} has a weight of {shown}; it must be between {bounds.WEIGHT.lo:g} and "
                 f"{bounds.WEIGHT.hi:g}, all its tags together"
             )
     if not weights:
         return prompt, ()
-    text = re.sub(r"[ \t]{2,}", " ", _TAG.sub("", prompt)).strip(" ,")
-    return text, tuple(sorted(weights.items()))
+    return _TAG.sub("", prompt), tuple(sorted(Lora(n, te, unet) for n, (te, unet) in weights.items()))
 
 
 @dataclass
@@ -142,8 +194,7 @@ class LoraLibrary:
 
     def names(self) -> list[str]:
         self._scan()
-        suffixes = SAFE_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
-        stems = {p.stem for files in self._index.values() for p in files if p.suffix.lower() in suffixes}
+        stems = {p.stem for files in self._index.values() for p in files if p.suffix.lower() in ALL_SUFFIXES}
         return sorted(stems, key=str.lower)
 
     def resolve(self, name: str) -> Path:
@@ -153,24 +204,19 @@ class LoraLibrary:
         if not found or not all(p.is_file() for p in found):
             self._scan()
             found = self._index.get(name.lower(), [])
+        # A .safetensors file before a pickle of the same name (reading it needs no unpickler at all).
         usable = [p for p in found if p.suffix.lower() in SAFE_SUFFIXES]
-        if not usable and self.allow_pickle:
-            usable = [p for p in found if p.suffix.lower() in PICKLE_SUFFIXES]
+        usable += [p for p in found if p.suffix.lower() in PICKLE_SUFFIXES]
         if usable:
             return usable[0]
-        if found:
-            raise LoraError(
-                f"LoRA {name!r} is a pickle file ({found[0].name}), which can run code when loaded; "
-                "ask the admin for a .safetensors version"
-            )
         names = self.names()
         listed = ", ".join(names[:25]) + (" …" if len(names) > 25 else "") if names else "none"
         raise LoraError(f"unknown LoRA {name!r}; available: {listed}")
 
     def check(self, loras: Loras) -> None:
         """Raise LoraError unless every LoRA named is there (before a request is queued)."""
-        for name, _ in loras:
-            self.resolve(name)
+        for lora in loras:
+            self.resolve(lora.name)
 
     def hashes(self, loras: Loras) -> str | None:
         """A1111's ``Lora hashes`` PNG-info value (``name: hash, name: hash``), by which sites such as
@@ -178,7 +224,8 @@ class LoraLibrary:
         if not loras:
             return None
         parts = []
-        for name, _ in loras:
+        for lora in loras:
+            name = lora.name
             path = self.resolve(name)
             key = (path, path.stat().st_mtime)
             if key not in self._hashes:
@@ -214,21 +261,57 @@ class LoraLibrary:
             pipe.disable_lora()
             return
         for lora in loras:  # all of them before any weight changes
-            path = self.resolve(lora[0])
+            path = self.resolve(lora.name)
             if path not in self._loaded:
                 check_family(path, pipe)
         adapters: list[str] = []
-        for name, _ in loras:
-            path = self.resolve(name)
+        for lora in loras:
+            path = self.resolve(lora.name)
             adapter = self._loaded.get(path)
             if adapter is None:
                 adapter = f"lora{len(self._loaded)}"
                 try:
-                    pipe.load_lora_weights(str(path), adapter_name=adapter)
+                    pipe.load_lora_weights(_readable(path, self.allow_pickle), adapter_name=adapter)
+                except LoraError:
+                    raise
                 except Exception as exc:
                     raise LoraError(f"could not load LoRA {path.name}: {exc}") from exc
                 self._loaded[path] = adapter
                 log.info("loaded LoRA %s as %s", path.name, adapter)
             adapters.append(adapter)
         pipe.enable_lora()
-        pipe.set_adapters(adapters, adapter_weights=[weight for _, weight in loras])
+        pipe.set_adapters(adapters, adapter_weights=_adapter_weights(pipe, loras, adapters))
+
+
+def _readable(path: Path, allow_pickle: bool) -> str | dict[str, Any]:
+    """What ``load_lora_weights`` reads: a ``.safetensors`` file's path, or a pickle's tensors as the safe
+    unpickler reads them (LoraError naming what it refused)."""
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        return str(path)
+    try:
+        loaded = safe_pickle.load(path, allow_pickle=allow_pickle, max_bytes=safe_pickle.MAX_LORA_BYTES)
+        return safe_pickle.state_dict(loaded)
+    except (safe_pickle.PickleRefused, safe_pickle.PickleLoadError) as exc:
+        raise LoraError(f"LoRA {path.stem!r}: {exc}") from exc
+
+
+_DENOISERS = ("unet", "transformer")
+
+
+def _adapter_weights(pipe: Any, loras: Loras, adapters: list[str]) -> list[Any]:
+    """set_adapters' weights: one number where the text encoder and UNet weights agree, else a weight for
+    each part that the adapter has layers in (naming a part it lacks makes diffusers warn)."""
+    parts = pipe.get_list_adapters() if any(lora.te != lora.unet for lora in loras) else {}
+    weights: list[Any] = []
+    for lora, adapter in zip(loras, adapters, strict=True):
+        if lora.te == lora.unet:
+            weights.append(lora.unet)
+            continue
+        weights.append(
+            {
+                part: lora.unet if part in _DENOISERS else lora.te
+                for part, names in parts.items()
+                if adapter in names
+            }
+        )
+    return weights

@@ -7,6 +7,7 @@ saved by diffusers as a .safetensors file, so applying it visibly changes the pi
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,20 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("Lora")
     (folder / "styles").mkdir()
     make_tiny_lora(folder / "styles" / "Ink.safetensors")
-    (folder / "unsafe.ckpt").write_bytes(b"not loaded: a pickle")
+    # The same LoRA pickled (tensors only: the safe unpickler reads it), and a pickle that would run code.
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(folder / "styles" / "Ink.safetensors")), folder / "InkPt.pt")
+    torch.save({"x": _RunsCode(folder / "PWNED")}, folder / "unsafe.ckpt")
     return folder
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +52,46 @@ def lora_runner(tiny_model: Path, lora_dir: Path):
     r.close()
 
 
+# The text after the tags are cut is A1111's (modules/extra_networks.py parse_prompt: each tag alone is
+# replaced by ""), and the weights are its LoRA extension's (te, then unet defaulting to te; te=/unet=).
 @pytest.mark.parametrize(
     ("prompt", "text", "found"),
     [
-        ("a cat <lora:Ink:0.8>", "a cat", (("Ink", 0.8),)),
-        ("<lora:Ink>, a cat", "a cat", (("Ink", 1.0),)),
-        ("a <lora:ink:0.5> cat <lora:ink:0.25>", "a cat", (("ink", 0.75),)),
-        ("a cat <lora:Ink:0.6:0.2>", "a cat", (("Ink", 0.6),)),
+        ("a cat <lora:Ink:0.8>", "a cat ", (("Ink", 0.8, 0.8),)),
+        ("<lora:Ink>, a cat", ", a cat", (("Ink", 1.0, 1.0),)),
+        ("a cat,<lora:Ink>, dog", "a cat,, dog", (("Ink", 1.0, 1.0),)),
+        ("a <lora:ink:0.5> cat <lora:ink:0.25>", "a  cat ", (("ink", 0.75, 0.75),)),
+        ("a cat <lora:Ink:0.6:0.2>", "a cat ", (("Ink", 0.6, 0.2),)),
+        ("a cat <lora:Ink:te=0.5:unet=1>", "a cat ", (("Ink", 0.5, 1.0),)),
+        ("a cat <lora:Ink:unet=0.3>", "a cat ", (("Ink", 1.0, 0.3),)),
+        ("a cat <lora:Ink:0.7:unet=0.2>", "a cat ", (("Ink", 0.7, 0.2),)),
+        ("a cat <lora:Ink:te=0.4>", "a cat ", (("Ink", 0.4, 0.4),)),
+        ("<lyco:Ink:0.5>a cat\n<lora:B>", "a cat\n", (("B", 1.0, 1.0), ("Ink", 0.5, 0.5))),
+        ("(a cat:1.2) <lora:Ink:1> BREAK dog", "(a cat:1.2)  BREAK dog", (("Ink", 1.0, 1.0),)),
         ("a cat, no tags", "a cat, no tags", ()),
+        ("a <cat> and <3 and <lora >", "a <cat> and <3 and <lora >", ()),
     ],
 )
-def test_tags_are_taken_out_of_the_prompt(prompt, text, found):
+def test_tags_are_taken_out_of_the_prompt_as_a1111_does(prompt, text, found):
     assert loras.extract(prompt) == (text, found)
 
 
-def test_a_bad_weight_names_the_tag():
-    with pytest.raises(loras.LoraError, match=r"'x' in '<lora:Ink:x>' is not a number"):
-        loras.extract("a cat <lora:Ink:x>")
+@pytest.mark.parametrize(
+    ("prompt", "error"),
+    [
+        ("a cat <lora:Ink:x>", r"'x' in '<lora:Ink:x>' is not a number"),
+        ("a cat <lora:Ink:te=x>", r"'x' in '<lora:Ink:te=x>' is not a number"),
+        ("a cat <hypernet:anime:1>", r"hypernetworks are not supported here; remove '<hypernet:anime:1>'"),
+        ("a cat <foo:bar>", r"unknown extra network '<foo:bar>'"),
+        ("a cat <lora:Ink:1:1:8>", r"dyn \(LyCORIS rank\) argument is not supported"),
+        ("a cat <lora:Ink:dyn=8>", r"dyn \(LyCORIS rank\) argument is not supported"),
+        ("a cat <lora:Ink:in=1>", r"unknown LoRA argument in="),
+        ("a cat <lora:te=1>", r"does not name a LoRA"),
+    ],
+)
+def test_tags_this_engine_cannot_apply_are_refused_with_a_reason(prompt, error):
+    with pytest.raises(loras.LoraError, match=error):
+        loras.extract(prompt)
 
 
 def assert_lora_changes_the_unet(plain, styled) -> None:
@@ -92,6 +128,22 @@ def test_a_lora_changes_the_unet_and_weight_zero_does_not(lora_runner, lora_dir)
     assert "Lora hashes" not in parse_parameters(read_png_parameters(plain.images[0].png) or "")
 
 
+def test_named_weights_and_pickled_loras_reach_the_unet(lora_runner):
+    # The tiny LoRA has UNet layers only: te= changes nothing, unet= is its weight. The pickled copy of it
+    # loads through the safe unpickler without any opt-in and acts the same.
+    r = lora_runner
+    prompts = ["a cat", "a cat <lora:Ink:1>", "a cat <lora:Ink:te=0.3:unet=1>", "a cat <lora:Ink:1:0>"]
+    prompts.append("a cat <lyco:InkPt:1>")
+    with unet_outputs(r.pipe) as predicted:
+        done = [r.run([request(f"w{i}", prompt=p, seed=5)])[f"w{i}"] for i, p in enumerate(prompts)]
+    assert all(isinstance(e, JobDone) for e in done), done
+    plain, styled, named, unet_off, pickled = predicted[:: len(predicted) // len(prompts)]
+    assert_lora_changes_the_unet(plain, styled)
+    torch.testing.assert_close(named, styled)
+    torch.testing.assert_close(unet_off, plain)
+    torch.testing.assert_close(pickled, styled)
+
+
 def test_requests_with_different_loras_never_share_a_batch(lora_runner):
     r = lora_runner
     reqs = [
@@ -117,12 +169,14 @@ def test_requests_with_different_loras_never_share_a_batch(lora_runner):
         assert_same_image(pixels(alone[q.job_id], 0), pixels(together[q.job_id], 0))
 
 
-def test_unknown_and_pickled_loras_are_refused_with_a_reason(lora_runner, runner):
+def test_unknown_and_pickled_loras_are_refused_with_a_reason(lora_runner, lora_dir, runner):
     failed = lora_runner.run([request("u", prompt="a cat <lora:nope:1>")])["u"]
     assert isinstance(failed, JobFailed)
-    assert failed.reason == "unknown LoRA 'nope'; available: Ink"
+    assert failed.reason == "unknown LoRA 'nope'; available: Ink, InkPt, unsafe"
     pickled = lora_runner.run([request("k", prompt="a cat <lora:unsafe>")])["k"]
-    assert isinstance(pickled, JobFailed) and "pickle" in pickled.reason
+    assert isinstance(pickled, JobFailed), pickled
+    assert f"needs {os.system.__module__}.system" in pickled.reason and "ALLOW_PICKLE" in pickled.reason
+    assert not (lora_dir / "PWNED").exists()
     # A worker with no LoRA folder says so instead of drawing the tag as text.
     none = runner.run([request("n", prompt="a cat <lora:Ink>")])["n"]
     assert isinstance(none, JobFailed) and "no LoRA folder" in none.reason

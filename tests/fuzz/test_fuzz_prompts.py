@@ -72,11 +72,11 @@ def test_lora_tags_give_finite_weights_or_a_clear_error(prompt):
         assert_friendly(str(exc))
         return
     assert len(text) <= len(prompt)
-    assert [name for name, _ in named] == sorted(name for name, _ in named)
-    for name, weight in named:
+    assert [lora.name for lora in named] == sorted(lora.name for lora in named)
+    for name, te, unet in named:
         assert name and name == name.strip() and not set(name) & set("<>:")
-        # The weight goes to peft's set_adapters as it is: an infinite one makes NaN pictures.
-        assert weight in bounds.WEIGHT, (name, weight)
+        # The weights go to peft's set_adapters as they are: an infinite one makes NaN pictures.
+        assert te in bounds.WEIGHT and unet in bounds.WEIGHT, (name, te, unet)
 
 
 @pytest.mark.parametrize(
