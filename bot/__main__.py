@@ -71,11 +71,17 @@ def main() -> None:
         message = TOKEN_HELP if str(exc).startswith("DISCORD_TOKEN is not set") else f"Bad setting: {exc}"
         print(message, file=sys.stderr)
         raise SystemExit(2) from None
+    from bot.db import urls as database_urls
     from bot.logs import setup_logging
 
     auth = settings.nats_auth
     setup_logging(
-        settings.log_level, settings.discord_token.get(), auth.password, auth.token, fmt=settings.log_format
+        settings.log_level,
+        settings.discord_token.get(),
+        auth.password,
+        auth.token,
+        database_urls.password(settings.database_url),
+        fmt=settings.log_format,
     )
     code = asyncio.run(_run(settings))
     if code:

@@ -16,6 +16,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from bot.db import urls as database_urls
 from engine import bounds
 from engine.nats_connect import NatsAuth, NatsConfigError, broker, check_url
 
@@ -152,20 +153,7 @@ def _host(raw: str) -> str:
 
 
 def _database_url(raw: str) -> str:
-    value = raw.strip()
-    if "://" not in value:
-        raise ValueError(f"expected an SQLAlchemy URL such as sqlite+aiosqlite:///data/bot.db, got {value!r}")
-    # Users write plain sqlite:/// URLs; the bot is async, so use the aiosqlite driver for them.
-    if value.startswith("sqlite:///"):
-        value = "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
-    if not value.startswith("sqlite+aiosqlite://"):
-        # The stores use SQLite's upsert and have only been tested on SQLite: refuse at start, clearly,
-        # rather than fail on the first job.
-        scheme = value.split("://", 1)[0]  # not the rest: a server URL may carry a password
-        raise ValueError(
-            f"only SQLite is supported for now (sqlite+aiosqlite:///path/bot.db), got {scheme}://…"
-        )
-    return value
+    return database_urls.normalize(raw)
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -198,7 +186,7 @@ SPECS: tuple[Spec, ...] = (
         "DATABASE_URL",
         _database_url,
         "sqlite+aiosqlite:///data/bot.db",
-        "SQLite database URL (the only kind supported)",
+        "SQLite or PostgreSQL URL (sqlite:///data/bot.db, postgresql://user:password@host/dbname)",
     ),
     Spec("OUTPUT_DIR", _str, "data/images", "Folder where every generated image is saved as PNG"),
     Spec("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -293,7 +281,7 @@ class Settings:
     discord_api_base: str
     discord_gateway_url: str
     guild_ids: tuple[int, ...]
-    database_url: str
+    database_url: str = field(repr=False)  # a server URL may carry a password
     output_dir: Path
     log_level: str
     model: str

@@ -8,11 +8,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, func, or_, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Guild, Image, Job, JobState, Usage, User, utcnow
 from bot.db.session import Sessions, rows_matched
+from bot.db.upsert import upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,17 +32,27 @@ class JobStore:
     async def _ensure_people(
         self, session: AsyncSession, guild_id: int | None, guild_name: str, user_id: int, user_name: str
     ) -> None:
-        # INSERT OR IGNORE then refresh the name: one round trip each, no read-modify-write race.
+        # Insert, or refresh the name of, the guild and the user: one round trip each, no race.
         if guild_id is not None:
+            name = guild_name[:100]
             await session.execute(
-                sqlite_insert(Guild)
-                .values(id=guild_id, name=guild_name[:100], created_at=utcnow())
-                .on_conflict_do_update(index_elements=[Guild.id], set_={"name": guild_name[:100]})
+                upsert(
+                    session,
+                    Guild,
+                    {"id": guild_id, "name": name, "created_at": utcnow()},
+                    [Guild.id],
+                    {"name": name},
+                )
             )
+        name = user_name[:100]
         await session.execute(
-            sqlite_insert(User)
-            .values(id=user_id, name=user_name[:100], created_at=utcnow())
-            .on_conflict_do_update(index_elements=[User.id], set_={"name": user_name[:100]})
+            upsert(
+                session,
+                User,
+                {"id": user_id, "name": name, "created_at": utcnow()},
+                [User.id],
+                {"name": name},
+            )
         )
 
     async def create(self, job: Job, *, guild_name: str = "", user_name: str = "") -> Job:

@@ -51,14 +51,21 @@ def test_env_file_is_read_and_environment_wins(tmp_path):
     assert s.log_level == "WARNING"
 
 
-def test_plain_sqlite_url_gets_the_async_driver():
-    s = Settings.from_env({"DISCORD_TOKEN": "t", "DATABASE_URL": "sqlite:///x.db"}, env_file=None)
-    assert s.database_url == "sqlite+aiosqlite:///x.db"
-    with pytest.raises(SettingsError, match=r"^DATABASE_URL: only SQLite is supported") as refused:
-        Settings.from_env(
-            {"DISCORD_TOKEN": "t", "DATABASE_URL": "postgresql+asyncpg://u:pw@h/db"}, env_file=None
-        )
-    assert "pw" not in str(refused.value)
+def test_plain_database_urls_get_the_async_drivers_and_other_kinds_are_refused_redacted():
+    def url(value: str) -> str:
+        return Settings.from_env({"DISCORD_TOKEN": "t", "DATABASE_URL": value}, env_file=None).database_url
+
+    assert url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert url("postgresql://u:pw@h/db") == "postgresql+asyncpg://u:pw@h/db"
+    assert url("postgres://u@h:5433/db") == "postgresql+asyncpg://u@h:5433/db"
+    assert url("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"
+    for bad in ("mysql+aiomysql://u:s3cret@h/db", "u:s3cret@h/db"):
+        with pytest.raises(SettingsError, match=r"^DATABASE_URL: expected") as refused:
+            url(bad)
+        assert "s3cret" not in str(refused.value)
+    assert "s3cret" not in repr(
+        Settings.from_env({"DISCORD_TOKEN": "t", "DATABASE_URL": "postgresql://u:s3cret@h/db"}, env_file=None)
+    )
 
 
 def test_token_never_prints():
