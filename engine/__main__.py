@@ -1,8 +1,9 @@
 """``python -m engine``: the engine's command line.
 
-    python -m engine make-tiny-model DIR            tiny random-weight SD pipeline for tests (offline)
-    python -m engine make-model --arch sd15 --random DIR
-                                                    full-size SD 1.5 architecture, random weights (benchmarks)
+    python -m engine make-tiny-model [--arch sd15|sdxl] DIR
+                                                    tiny random-weight SD / SDXL pipeline for tests (offline)
+    python -m engine make-model --arch sd15|sdxl --random DIR
+                                                    full-size SD 1.5 / SDXL architecture, random weights
     python -m engine worker --model M [...]         the worker process (protocol frames on stdin/stdout)
     python -m engine serve --nats URL --model M [--device cuda:N]
                                                     scale-out worker pulling jobs from NATS JetStream
@@ -85,6 +86,11 @@ def _add_model_flags(p: argparse.ArgumentParser, *, model_required: bool) -> Non
         help="local TAESD (AutoencoderTiny) folder for better previews",
     )
     p.add_argument(
+        "--taesdxl",
+        default=os.environ.get("ENGINE_TAESDXL") or None,
+        help="local TAESDXL folder for better previews of SDXL models",
+    )
+    p.add_argument(
         "--safety-checker",
         default=os.environ.get("ENGINE_SAFETY_CHECKER") or None,
         help="local safety checker folder, run for requests with safety_check set",
@@ -128,11 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD pipeline folder")
     p.add_argument("dir", type=Path)
+    p.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15", help="SD 1.x (default) or SDXL")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("make-model", help="write a full-size architecture with random weights")
     p.add_argument("dir", type=Path)
-    p.add_argument("--arch", choices=("sd15", "tiny"), default="sd15")
+    p.add_argument("--arch", choices=("sd15", "sdxl", "tiny"), default="sd15")
     p.add_argument("--random", action="store_true", required=True, help="random weights (the only mode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="weights on disk (default fp16)")
@@ -265,6 +272,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "make-tiny-model" and args.arch == "sdxl":
+        from engine.tiny_sdxl import make_tiny_sdxl
+
+        print(make_tiny_sdxl(args.dir, seed=args.seed))
+        return 0
     if args.command == "make-tiny-model":
         from engine.tiny import make_tiny_model
 
@@ -275,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             from engine.tiny import make_tiny_model
 
             print(make_tiny_model(args.dir, seed=args.seed))
+            return 0
+        if args.arch == "sdxl":
+            from engine.sdxl import make_sdxl_random
+
+            print(make_sdxl_random(args.dir, seed=args.seed, dtype=args.dtype))
             return 0
         from engine.sd15 import make_sd15_random
 

@@ -197,6 +197,7 @@ def runner_from_args(args: Any, worker_id: str) -> Any:
         allow_pickle=args.allow_pickle,
         single_file_config=args.single_file_config,
         taesd=args.taesd,
+        taesdxl=args.taesdxl,
         lora_dir=args.lora_dir,
         safety_checker=args.safety_checker,
         compile=args.compile,

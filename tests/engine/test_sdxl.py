@@ -157,3 +157,15 @@ def test_the_shipped_configs_are_the_real_architectures(tmp_path: Path, monkeypa
     )
     assert one("a cat")["input_ids"] == two("a cat")["input_ids"] == [49406, 320, 2368, 49407]
     assert (one.pad_token_id, two.pad_token_id) == (49407, 0)  # OpenCLIP pads with "!"
+
+
+def test_the_command_line_makes_sdxl_models(tmp_path: Path) -> None:
+    from engine.__main__ import build_parser, main
+
+    assert main(["make-tiny-model", "--arch", "sdxl", str(tmp_path / "xl")]) == 0
+    assert detect_family(tmp_path / "xl") is Family.SDXL
+    assert model_defaults(tmp_path / "xl").native_size == 64  # the sidecar xl.json beside it
+    args = build_parser().parse_args(["make-model", "--arch", "sdxl", "--random", str(tmp_path / "big")])
+    assert (args.arch, args.random, args.dtype) == ("sdxl", True, "fp16")
+    worker = build_parser().parse_args(["worker", "--model", "m", "--taesdxl", str(tmp_path / "taesdxl")])
+    assert worker.taesdxl == str(tmp_path / "taesdxl")
