@@ -14,8 +14,9 @@ from bench._engine_common import NEGATIVE, PROMPT, free_memory, peak_memory, res
 def run_baseline(args: argparse.Namespace, device: Any, dtype: Any, n: int) -> dict[str, Any]:
     """A plain diffusers pipeline, one request (one image) at a time, PNG-encoded before the next one."""
     torch = torch_module()
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from engine.families import Family, detect_family
     from engine.samplers import make_scheduler
 
     try:  # the engine's own answer to which name this diffusers takes (torch_dtype was renamed dtype)
@@ -25,10 +26,13 @@ def run_baseline(args: argparse.Namespace, device: Any, dtype: Any, n: int) -> d
     except ImportError:
         dtype_key = "torch_dtype"
     t_load = time.perf_counter()
-    # The plain call a bot makes.
-    pipe = StableDiffusionPipeline.from_pretrained(
-        args.model, safety_checker=None, requires_safety_checker=False, **{dtype_key: dtype}
-    )
+    # The plain call a bot makes (SDXL's pipeline has no safety checker to turn off).
+    if detect_family(args.model) is Family.SDXL:
+        pipe = StableDiffusionXLPipeline.from_pretrained(args.model, **{dtype_key: dtype})
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            args.model, safety_checker=None, requires_safety_checker=False, **{dtype_key: dtype}
+        )
     pipe.scheduler = make_scheduler(args.sampler, pipe.scheduler.config)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

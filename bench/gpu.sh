@@ -4,6 +4,8 @@
 #   bash bench/gpu.sh                 # SD 1.5 random weights, 512x512, 20 steps, batch 1/4/8/16,
 #                                     # eager and compiled, against the naive diffusers baseline
 #   bash bench/gpu.sh --cpu-smoke     # the same script on the tiny model on a CPU (checks the script)
+#   bash bench/gpu.sh --sdxl          # SDXL random weights, 1024x1024, 20 steps, batch 1/2/4/8, eager,
+#                                     # against a plain diffusers SDXL pipeline (with --cpu-smoke: tiny SDXL)
 #
 # Steps: check the GPU, build the random SD 1.5 model once (python -m engine make-model --arch sd15
 # --random, cached in $BENCH_MODEL_DIR), run python -m bench.engine, then write a JSON summary
@@ -22,10 +24,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 kind=gpu
+sdxl=0
 for arg in "$@"; do
     case "$arg" in
         --cpu-smoke) kind=cpu-smoke ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --sdxl) sdxl=1 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "gpu.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -62,6 +66,14 @@ else
     images=4 baseline_images=2 repeats=1  # checks the script, not the speed
     : > "$out/nvidia-smi.txt"
 fi
+if (( sdxl )) && [[ $kind == gpu ]]; then
+    # SDXL's UNet is about 3x SD 1.5's per pixel at 4x the pixels: smaller batches, fewer images, eager only
+    # (compiling SDXL takes minutes of the budget).
+    arch=sdxl size=1024 steps=20 batches=${BENCH_BATCHES:-1,2,4,8} modes=${BENCH_MODES:-eager}
+    images=16 baseline_images=4
+elif (( sdxl )); then
+    arch=tiny-sdxl
+fi
 
 model=${BENCH_MODEL_DIR:-${TMPDIR:-/tmp}/imaginebot-bench/$arch-random}
 build_s=0
@@ -91,7 +103,11 @@ if [[ ! -f "$model/model_index.json" ]]; then
     rm -rf "$model.partial"
     mkdir -p "$(dirname "$model")"
     # Built beside the target and renamed: a build cut short is never taken for a model next time.
-    timeout "$(budget_for 60)" "$py" -m engine make-model --arch "$arch" --random "$model.partial" || rc=$?
+    if [[ $arch == tiny-sdxl ]]; then
+        timeout "$(budget_for 60)" "$py" -m engine make-tiny-model --arch sdxl "$model.partial" || rc=$?
+    else
+        timeout "$(budget_for 60)" "$py" -m engine make-model --arch "$arch" --random "$model.partial" || rc=$?
+    fi
     build_s=$(( $(date +%s) - t0 ))
     if [[ $rc -ne 0 ]]; then
         echo "gpu.sh: building the model failed or ran out of time (exit $rc)" >&2

@@ -70,9 +70,17 @@ def admin_only() -> Callable[[T], T]:
     return app_commands.check(predicate)
 
 
-async def reply(interaction: discord.Interaction, content: str, *, ephemeral: bool = True) -> None:
+async def reply(
+    interaction: discord.Interaction,
+    content: str,
+    *,
+    ephemeral: bool = True,
+    file: discord.File | None = None,
+) -> None:
     """Answer the interaction, or follow up when it was already answered (a deferred command)."""
     fields = within_limits({"content": content, "ephemeral": ephemeral, "allowed_mentions": NO_MENTIONS})
+    if file is not None:
+        fields["file"] = file
     if interaction.response.is_done():
         await interaction.followup.send(**fields)
     else:

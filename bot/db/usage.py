@@ -1,13 +1,18 @@
 """The aggregates behind /usage and /stats: images and engine time per user and guild, top users, the
-average queue wait. Read-only; the rows are written with each finished job (jobs.py)."""
+average queue wait, and images per UTC day and hour for their chart. Read-only; the rows are written with
+each finished job (jobs.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Integer, String, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from bot.db.models import Job, JobState, Usage, User
 from bot.db.moderation import guild_is
@@ -44,6 +49,51 @@ class GuildStats:
     average_wait: float | None  # seconds from queued to started
     failed: int
     cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Images per UTC day (oldest first, every day of the window, zeros included) and per UTC hour of
+    the day (24 values) over the same window."""
+
+    days: list[tuple[dt.date, int]]
+    hours: list[int]
+
+
+class utc_day(FunctionElement[str]):
+    """A UTC timestamp's day as 'YYYY-MM-DD', in each database's own words."""
+
+    type = String()
+    inherit_cache = True
+
+
+class utc_hour(FunctionElement[int]):
+    """A UTC timestamp's hour of the day, 0-23."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(utc_day)
+def _utc_day_sqlite(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strftime('%Y-%m-%d', {compiler.process(element.clauses, **kw)})"  # stored as UTC text
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"to_char(({compiler.process(element.clauses, **kw)}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+@compiles(utc_hour)
+def _utc_hour_sqlite(element: utc_hour, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(strftime('%H', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(utc_hour, "postgresql")
+def _utc_hour_postgresql(element: utc_hour, compiler: SQLCompiler, **kw: Any) -> str:
+    return (
+        f"CAST(EXTRACT(HOUR FROM ({compiler.process(element.clauses, **kw)}) AT TIME ZONE 'UTC') AS INTEGER)"
+    )
 
 
 class UsageStore:
@@ -115,3 +165,25 @@ class UsageStore:
             failed=int(states.get(JobState.FAILED, 0)),
             cancelled=int(states.get(JobState.CANCELLED, 0)),
         )
+
+    async def activity(self, guild_id: int | None, *, since: dt.date, user_id: int | None = None) -> Activity:
+        """Images per UTC day from ``since`` to today and per hour of the day over those days, in a guild
+        (direct messages: None), of one member or of everyone."""
+        where = [guild_is(Usage.guild_id, guild_id), Usage.created_at >= _midnight(since)]
+        if user_id is not None:
+            where.append(Usage.user_id == user_id)
+        images = func.sum(Usage.images)
+        day, hour = utc_day(Usage.created_at), utc_hour(Usage.created_at)
+        async with self.sessions() as session:
+            per_day = dict((await session.execute(select(day, images).where(*where).group_by(day))).all())
+            per_hour = dict((await session.execute(select(hour, images).where(*where).group_by(hour))).all())
+        today = dt.datetime.now(dt.UTC).date()
+        days = [since + dt.timedelta(days=i) for i in range((today - since).days + 1)]
+        return Activity(
+            days=[(d, int(per_day.get(d.isoformat()) or 0)) for d in days],
+            hours=[int(per_hour.get(h) or 0) for h in range(24)],
+        )
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)

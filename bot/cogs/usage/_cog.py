@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import io
+import logging
 
 import discord
 from discord import app_commands
 
+from bot import charts
 from bot.cogs.common import FriendlyErrors, caller_is_admin, lines_within, reply, seconds, stamp
 from bot.db.models import JobState, utcnow
-from bot.db.usage import Totals
+from bot.db.usage import Activity, Totals
 from bot.jobs import limits
 from bot.jobs.limits import LimitName
 from bot.jobs.policy import PolicyError
 
+log = logging.getLogger(__name__)
+
 WAIT_WINDOW = dt.timedelta(days=7)  # the average wait in /stats covers jobs of the last week
+CHART_DAYS = 30
+CHART_SECONDS = 20.0  # a chart later than this is left out; the numbers are in the text anyway
+
+
+async def chart(
+    name: str, title: str, activity: Activity, top: list[charts.Bar] | None = None
+) -> discord.File | None:
+    """The PNG chart of ``activity``, drawn in a thread; None when it fails or takes too long."""
+    try:
+        png = await asyncio.wait_for(
+            asyncio.to_thread(charts.render, title, activity, top or ()), CHART_SECONDS
+        )
+    except Exception:  # a chart is a bonus: the answer goes out without it
+        log.exception("drawing the %s chart failed", name)
+        return None
+    return discord.File(io.BytesIO(png), filename=f"{name}.png", description=title)
+
+
+def chart_since(now: dt.datetime) -> dt.date:
+    return now.date() - dt.timedelta(days=CHART_DAYS - 1)
 
 
 def counted(n: int, noun: str, *, bold: bool = False) -> str:
@@ -62,7 +88,9 @@ class UsageCog(FriendlyErrors):
                 f"Queued or running now: {counted(activity.active_jobs, 'job')}"
                 f" ({counted(activity.active_images, 'image')})."
             )
-        await reply(interaction, "\n".join(lines))
+        days = await self.bot.usage.activity(guild_id, since=chart_since(now), user_id=target.id)
+        title = f"Usage of {target.display_name}"
+        await reply(interaction, "\n".join(lines), file=await chart("usage", title, days))
 
     @app_commands.command(
         name="stats", description="This server's totals, top users, waits and queue", extras={"public": True}
@@ -95,4 +123,8 @@ class UsageCog(FriendlyErrors):
                 for i, u in enumerate(stats.top, start=1)
             ]
         lines.append(f"_As of {stamp(now, 'f')}._")
-        await reply(interaction, lines_within(lines), ephemeral=False)
+        days = await self.bot.usage.activity(guild_id, since=chart_since(now))
+        top = [charts.Bar(u.name or f"user {u.user_id}", u.images) for u in stats.top]
+        title = f"Stats for {interaction.guild.name if interaction.guild else 'this server'}"
+        file = await chart("stats", title, days, top)
+        await reply(interaction, lines_within(lines), ephemeral=False, file=file)

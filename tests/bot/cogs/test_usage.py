@@ -1,8 +1,10 @@
 """/usage and /stats through the loopback Discord, with jobs finished by a scripted engine."""
 
+import io
 import sqlite3
 
 import pytest
+from PIL import Image
 
 from fakediscord.plugin import make_world
 from tests.bot.answers import answer, settled
@@ -26,6 +28,25 @@ async def run(world, name, options=None, *, user, channel=None):
 
 def text(inter):
     return answer(inter)
+
+
+def chart(inter, name):
+    """The PNG chart attached to the answer, decoded: a picture, of a sane size."""
+    message = inter.original
+    assert message is not None and [a.filename for a in message.attachments] == [f"{name}.png"]
+    attachment = message.attachments[0]
+    assert attachment.content_type == "image/png" and attachment.data.startswith(b"\x89PNG")
+    picture = Image.open(io.BytesIO(attachment.data))
+    picture.load()  # the whole stream decodes
+    assert 400 <= picture.width <= 1200 and 300 <= picture.height <= 1200, picture.size
+    return picture
+
+
+def bars(picture, row):
+    """How many bar-coloured pixels the row at ``row`` (0-1 of the height) holds: empty panels have none."""
+    y = int(picture.height * row)
+    rgb = picture.convert("RGB")
+    return sum(1 for x in range(picture.width) if rgb.getpixel((x, y)) == (0x58, 0x65, 0xF2))
 
 
 async def make_pictures(world, tmp_path, jobs):
@@ -54,6 +75,7 @@ async def test_usage_and_stats(world, tmp_path):
 
         mine = await run(world, "usage", user=world.member)
         assert mine.ephemeral
+        chart(mine, "usage")
         for line in (
             "Today: **6** images in 2 jobs · 1.0 s",
             "This month: **6** images",
@@ -79,6 +101,9 @@ async def test_usage_and_stats(world, tmp_path):
         assert top.index(f"<@{world.member.id}> — 6 images") < top.index(f"<@{world.carol.id}> — 1 image\n")
         # Mentions in /stats are shown, never pinged.
         assert f"<@{world.member.id}>" in body and stats.original.mentions == []
+        picture = chart(stats, "stats")
+        # Today's bar (the last of the days panel) is drawn: seven images, near the panel's top.
+        assert any(bars(picture, row / 100) for row in range(8, 30))
 
 
 async def test_stats_in_an_empty_server(world, tmp_path):
@@ -87,3 +112,5 @@ async def test_stats_in_an_empty_server(world, tmp_path):
         stats = await run(world, "stats", user=world.member)
         assert "All time: **0** images in 0 jobs" in text(stats) and "no jobs yet" in text(stats)
         assert "Top users" not in text(stats)
+        picture = chart(stats, "stats")  # empty panels, still a chart
+        assert not any(bars(picture, row / 100) for row in range(8, 30))
