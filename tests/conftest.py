@@ -13,7 +13,7 @@ import pytest_asyncio
 # Set before anything imports torch; engine workers the tests spawn inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-pytest_plugins = ["fakediscord.plugin"]
+pytest_plugins = ["fakediscord.plugin", "tests.pg"]  # tests.pg: a real PostgreSQL server
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -1,18 +1,29 @@
-import sqlite3
+"""The job store on SQLite and on a real PostgreSQL server (``database_url`` runs each test on both)."""
+
+import asyncio
+import datetime as dt
 
 import pytest
+from alembic import command
+from sqlalchemy import inspect, select
 
-from bot.db import Database, JobState
+from bot.db import Database, Guild, JobState, User
 from bot.db.jobs import JobStore, SavedImage
+from bot.db.session import alembic_config
 from tests.bot.jobrows import new_job
 
 
 @pytest.fixture
-async def store(tmp_path):
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+async def db(database_url):
+    db = Database(database_url)
     await db.migrate()
-    yield JobStore(db.sessions)
+    yield db
     await db.close()
+
+
+@pytest.fixture
+def store(db):
+    return JobStore(db.sessions)
 
 
 def _job(job_id="j1", **kw):
@@ -21,16 +32,16 @@ def _job(job_id="j1", **kw):
     )
 
 
-async def test_migrations_create_every_table_and_are_idempotent(tmp_path):
-    path = tmp_path / "bot.db"
-    db = Database(f"sqlite+aiosqlite:///{path}")
+async def test_migrations_create_every_table_match_the_models_and_are_idempotent(database_url):
+    db = Database(database_url)
     await db.migrate()
     await db.migrate()  # a second start applies nothing and breaks nothing
+    async with db.engine.connect() as conn:
+        tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     await db.close()
-    tables = {
-        r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")
-    }
     assert {"guilds", "users", "jobs", "images", "usage", "alembic_version"} <= tables
+    # `alembic check`: the migrated schema is exactly the models' (types, indexes, constraints).
+    await asyncio.to_thread(command.check, alembic_config(database_url))
 
 
 async def test_finish_is_counted_once(store):
@@ -43,6 +54,33 @@ async def test_finish_is_counted_once(store):
     job = await store.get("j1")
     assert job.state is JobState.DONE and [i.seed for i in job.images] == [1, 2]
     assert await store.images_since(30, 10, job.created_at.replace(year=2000)) == 2
+
+
+async def test_a_result_delivered_twice_at_once_through_two_connections_finishes_the_job_once(
+    database_url, store
+):
+    # Two bot processes' worth of connections (a redelivered NATS result racing the first): the
+    # conditional UPDATE lets exactly one of them record the images and the usage row.
+    await store.create(_job(), guild_name="g", user_name="u")
+    await store.start_attempt("j1")
+    other = Database(database_url)
+    try:
+        images = [SavedImage(0, 1, "/x/0.png", 64, 64)]
+        results = await asyncio.gather(
+            store.finish("j1", images, 1.0, "m"), JobStore(other.sessions).finish("j1", images, 1.0, "m")
+        )
+    finally:
+        await other.close()
+    assert sorted(results) == [False, True]
+    assert await store.images_since(30, 10, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == 1
+
+
+async def test_people_are_inserted_once_and_their_names_refreshed(db, store):
+    await store.create(_job("a"), guild_name="Old guild", user_name="old")
+    await store.create(_job("b"), guild_name="New guild", user_name="new")
+    async with db.sessions() as session:
+        assert list(await session.scalars(select(Guild.name))) == ["New guild"]
+        assert list(await session.scalars(select(User.name))) == ["new"]
 
 
 async def test_recovery_queries(store):
