@@ -8,14 +8,17 @@ seconds would keep a dead worker counted for ever.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from engine.bounds import Bound
+from engine.bounds import MODEL_NAME_CHARS, Bound
 from engine.protocol import ProtocolError, WorkerReady, decode, encode
 
 HEADER_SLOTS = "Imagine-Slots"  # images the worker holds at most (two batches' worth)
 HEADER_HEARTBEAT = "Imagine-Heartbeat"  # seconds between the worker's heartbeats
 HEADER_STATE = "Imagine-State"  # "ready" or "leaving"
+HEADER_MODELS = "Imagine-Models"  # JSON list of the model names the worker serves (jobs naming a model)
 
 STATE_READY = "ready"
 STATE_LEAVING = "leaving"
@@ -23,6 +26,8 @@ STATE_LEAVING = "leaving"
 SLOTS = Bound(1, 256)  # images one worker may hold: 2 x a 128-image batch is beyond any GPU today
 INTERVAL = Bound(0.1, 60.0)  # seconds between heartbeats; silent for 3 of them, a worker counts as gone
 DEFAULT_INTERVAL = 2.0
+MAX_MODELS = 256  # model names one worker may announce (and pull jobs for)
+MODELS_HEADER_BYTES = MAX_MODELS * (MODEL_NAME_CHARS + 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,8 @@ class Heartbeat:
     state: str
     slots: int
     interval: float
+    # Models it runs jobs for by name; a job naming no model runs on any worker (with its own default).
+    models: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def leaving(self) -> bool:
@@ -38,11 +45,31 @@ class Heartbeat:
 
 
 def heartbeat_message(
-    ready: WorkerReady, slots: int, interval: float, state: str
+    ready: WorkerReady, slots: int, interval: float, state: str, models: Iterable[str] = ()
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of one heartbeat."""
     headers = {HEADER_SLOTS: str(slots), HEADER_HEARTBEAT: f"{interval:g}", HEADER_STATE: state}
+    headers[HEADER_MODELS] = json.dumps(sorted(models), ensure_ascii=True)
     return encode(ready), headers
+
+
+def read_models(raw: str | None) -> frozenset[str]:
+    """The model names a heartbeat announces; :class:`ProtocolError` for anything but a bounded JSON list
+    of model names."""
+    if raw is None:
+        return frozenset()
+    if len(raw) > MODELS_HEADER_BYTES:
+        raise ProtocolError(f"a heartbeat's model list is over {MODELS_HEADER_BYTES} bytes")
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        raise ProtocolError("a heartbeat's model list is not JSON") from None
+    if not isinstance(names, list) or len(names) > MAX_MODELS:
+        raise ProtocolError(f"a heartbeat's models must be a list of at most {MAX_MODELS} names")
+    for name in names:
+        if not isinstance(name, str) or not 0 < len(name) <= MODEL_NAME_CHARS or not name.isprintable():
+            raise ProtocolError("a heartbeat announces a model name that is not one")
+    return frozenset(names)
 
 
 def read_heartbeat(data: bytes, headers: dict[str, str] | None) -> Heartbeat:
@@ -70,4 +97,4 @@ def read_heartbeat(data: bytes, headers: dict[str, str] | None) -> Heartbeat:
         raise ProtocolError(
             f"worker {ready.worker_id} beats every {interval:g} s; {INTERVAL.lo:g}-{INTERVAL.hi:g} s allowed"
         )
-    return Heartbeat(ready, state, slots, interval)
+    return Heartbeat(ready, state, slots, interval, read_models(headers.get(HEADER_MODELS)))

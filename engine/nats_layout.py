@@ -6,8 +6,11 @@ Message bodies are :func:`engine.protocol.encode` bytes.
 
 Layout for the namespace ``N`` (default ``imagine``)::
 
-    N.jobs             stream N-jobs (work queue, deduplicated by Nats-Msg-Id = job id for 10 min)
-                       durable pull consumer "workers", shared by every worker; ack_wait is the lease
+    N.jobs             stream N-jobs (work queue, deduplicated by Nats-Msg-Id = job id for 10 min):
+                       jobs naming no model; durable pull consumer "workers", shared by every worker;
+                       ack_wait is the lease
+    N.jobs.m.<model>   the same stream: jobs naming a model (<model>: a hash of its name); durable pull
+                       consumer "model-<model>", shared by the workers that announce that model
     N.results.<job>    stream N-results (work queue): JobDone / JobFailed / JobCancelled, durable pull
                        consumer "bot"; a result waits there while the bot is down
     N.events.<job>     core NATS (lossy, never stored): JobStarted, JobProgress with previews
@@ -22,8 +25,10 @@ bot passes its lease and so owns ``ack_wait``; a worker only creates the consume
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,6 +100,14 @@ class Layout:
     workers_consumer = "workers"
     results_consumer = "bot"
 
+    def jobs_subject_for(self, model: str | None) -> str:
+        """Where a job for ``model`` is queued: only workers that announce the model pull from there."""
+        return f"{self.jobs_subject}.m.{model_token(model)}" if model else self.jobs_subject
+
+    @staticmethod
+    def job_consumer(model: str | None) -> str:
+        return f"model-{model_token(model)}" if model else Layout.workers_consumer
+
     @property
     def results_stream(self) -> str:
         return f"{self.namespace}-results"
@@ -138,20 +151,18 @@ class Layout:
         whatever is there, or creates it with the default lease.
         """
         from nats.js.api import (
-            AckPolicy,
-            ConsumerConfig,
             ObjectStoreConfig,
             RetentionPolicy,
             StorageType,
             StreamConfig,
         )
-        from nats.js.errors import BucketNotFoundError, NotFoundError
+        from nats.js.errors import BucketNotFoundError
 
         await _add_stream(
             js,
             StreamConfig(
                 name=self.jobs_stream,
-                subjects=[self.jobs_subject],
+                subjects=[self.jobs_subject, f"{self.jobs_subject}.m.*"],
                 retention=RetentionPolicy.WORK_QUEUE,
                 storage=StorageType.FILE,  # queued jobs survive a broker restart
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
@@ -168,24 +179,7 @@ class Layout:
                 max_age=RESULTS_MAX_AGE_SECONDS,
             ),
         )
-        existing = None
-        try:
-            existing = await js.consumer_info(self.jobs_stream, self.workers_consumer)
-        except NotFoundError:
-            pass
-        if existing is None or (lease is not None and existing.config.ack_wait != lease):
-            # Creating a durable consumer that exists updates its settings (here: the lease).
-            await js.add_consumer(
-                self.jobs_stream,
-                ConsumerConfig(
-                    name=self.workers_consumer,
-                    durable_name=self.workers_consumer,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=lease or DEFAULT_LEASE_SECONDS,
-                    max_deliver=-1,  # workers fail a job that keeps killing them (see nats_worker)
-                    max_ack_pending=-1,
-                ),
-            )
+        await self.ensure_job_consumer(js, None, lease)
         try:
             return await js.object_store(self.bucket)
         except BucketNotFoundError:
@@ -194,6 +188,51 @@ class Layout:
             self.bucket,
             config=ObjectStoreConfig(ttl=RESULTS_MAX_AGE_SECONDS, storage=StorageType.FILE),
         )
+
+    async def ensure_job_consumer(self, js: JetStreamContext, model: str | None, lease: float | None) -> None:
+        """The shared consumer of the jobs for ``model`` (None: naming no model), created where missing.
+        ``lease`` (the bot's) sets its ack_wait even when it exists; ``None`` (a worker) keeps it."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
+
+        name, subject = self.job_consumer(model), self.jobs_subject_for(model)
+        existing = None
+        try:
+            existing = await js.consumer_info(self.jobs_stream, name)
+        except NotFoundError:
+            pass
+        if (
+            existing is None
+            or existing.config.filter_subject != subject
+            or (lease is not None and existing.config.ack_wait != lease)
+        ):
+            # Creating a durable consumer that exists updates its settings (the lease; the filter of a
+            # "workers" consumer from before jobs were routed by model).
+            kept = existing.config.ack_wait if existing is not None else None
+            await js.add_consumer(
+                self.jobs_stream,
+                ConsumerConfig(
+                    name=name,
+                    durable_name=name,
+                    filter_subject=subject,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=lease or kept or DEFAULT_LEASE_SECONDS,
+                    max_deliver=-1,  # workers fail a job that keeps killing them (see nats_worker)
+                    max_ack_pending=-1,
+                ),
+            )
+
+    async def bind_jobs(
+        self, js: JetStreamContext, models: Iterable[str]
+    ) -> list[JetStreamContext.PullSubscription]:
+        """A worker's pull subscriptions: the jobs naming no model, and those of each model it serves."""
+        subs = []
+        for model in [None, *models]:
+            await self.ensure_job_consumer(js, model, None)
+            subs.append(
+                await js.pull_subscribe_bind(durable=self.job_consumer(model), stream=self.jobs_stream)
+            )
+        return subs
 
     async def lease(self, js: JetStreamContext) -> float:
         """The workers' consumer's current ack_wait in seconds."""
@@ -247,8 +286,21 @@ async def _add_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except BadRequestError as exc:
         if exc.err_code != _STREAM_EXISTS_DIFFERENT:
             raise
-        # An operator may have tuned it (replicas, limits): use it as it is.
-        log.warning("NATS stream %s exists with other settings; using it as it is", config.name)
+        # An operator may have tuned it (replicas, limits): use it as it is, with the subjects it needs (a
+        # stream from before jobs were routed by model lacks N.jobs.m.*).
+        info = await js.stream_info(config.name or "")
+        missing = [s for s in config.subjects or [] if s not in (info.config.subjects or [])]
+        if missing:
+            info.config.subjects = [*(info.config.subjects or []), *missing]
+            await js.update_stream(info.config)
+            log.info("NATS stream %s now also holds %s", config.name, ", ".join(missing))
+        else:
+            log.warning("NATS stream %s exists with other settings; using it as it is", config.name)
+
+
+def model_token(model: str) -> str:
+    """A model name as one subject token and consumer name: any name, fixed length, the same everywhere."""
+    return hashlib.sha256(model.encode()).hexdigest()[:24]
 
 
 def _token(job_id: str) -> str:

@@ -29,6 +29,7 @@ class _Worker(Protocol):
     layout: Layout
     slots: int
     heartbeat_seconds: float
+    models: tuple[str, ...]
     lease: float
 
 
@@ -56,7 +57,9 @@ class Presence:
             pid=os.getpid(),
             max_batch=runner.max_batch,
         )
-        body, headers = heartbeat_message(ready, self.worker.slots, self.worker.heartbeat_seconds, state)
+        body, headers = heartbeat_message(
+            ready, self.worker.slots, self.worker.heartbeat_seconds, state, self.worker.models
+        )
         try:
             await self.nc.publish(self.worker.layout.heartbeat_subject, body, headers=headers)
             if state == STATE_LEAVING:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from engine.logging_setup import setup_engine_logging
 from engine.nats_connect import NatsAuth, NatsConfigError, broker, has_secret
-from engine.nats_heartbeat import DEFAULT_INTERVAL, INTERVAL, SLOTS
+from engine.nats_heartbeat import DEFAULT_INTERVAL, INTERVAL, MAX_MODELS, SLOTS
 from engine.nats_layout import DEFAULT_NAMESPACE
 from engine.nats_worker import DEFAULT_MAX_DELIVERIES, NatsWorker
 from engine.protocol import Event, GenerateRequest, WorkerReady
@@ -139,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
             heartbeat_seconds=args.heartbeat_seconds,
             max_deliveries=args.max_deliveries,
             auth=auth,
+            models=served_models(args, runner.model_name),
         )
     except Exception as exc:
         print(f"engine: cannot start: {exc}", file=sys.stderr)
@@ -152,6 +153,17 @@ def run_serve(args: argparse.Namespace) -> int:
         return await worker.run()
 
     return asyncio.run(main())
+
+
+def served_models(args: argparse.Namespace, default: str) -> list[str]:
+    """The model names this worker runs jobs for: its default model's and its --models-dir's (read at
+    start: restart the worker after adding models), at most MAX_MODELS."""
+    from engine.model_files import list_models
+
+    names = list(dict.fromkeys([default, *list_models(args.models_dir, allow_pickle=args.allow_pickle)]))
+    if len(names) > MAX_MODELS:
+        log.warning("%d models; serving the first %d by name", len(names), MAX_MODELS)
+    return names[:MAX_MODELS]
 
 
 def _make_runner(args: argparse.Namespace, worker_id: str) -> RunnerLike:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -82,8 +83,10 @@ class NatsWorker:
         inline_limit: int | None = None,
         fetch_timeout: float = 2.0,
         auth: NatsAuth | None = None,
+        models: Sequence[str] = (),
     ) -> None:
         self.runner = runner
+        self.models = tuple(models)  # announced, and pulled from their own queues (engine/nats_layout.py)
         self.url = url
         self.auth = auth or NatsAuth()
         self.layout = Layout(namespace)
@@ -155,9 +158,7 @@ class NatsWorker:
                 nc, js, self._store, self.layout, self.worker_id, self._inline_limit
             )
             presence = Presence(self, nc, js)
-            psub = await js.pull_subscribe_bind(
-                durable=self.layout.workers_consumer, stream=self.layout.jobs_stream
-            )
+            psubs = await self.layout.bind_jobs(js, self.models)
             await nc.subscribe(self.layout.cancel_subject, cb=self._on_cancel)
 
             async def on_ping(msg: Msg) -> None:  # nats-py wants a coroutine function
@@ -166,7 +167,7 @@ class NatsWorker:
             await nc.subscribe(self.layout.ping_subject, cb=on_ping)
             publisher = self._supervised(self._publish_events(), "publish")
             batches = self._supervised(self._run_batches(), "batches")
-            fetcher = self._supervised(self._fetch(psub), "fetch")
+            fetcher = self._supervised(self._fetch_each(psubs), "fetch")
             held = lambda: [h.msg for h in self._held.values()]  # noqa: E731
             background = [
                 asyncio.create_task(presence.extend_leases(held), name="leases"),
@@ -221,6 +222,9 @@ class NatsWorker:
         self._stop.set()
 
     # ------------------------------------------------------------------------------------------ intake
+
+    async def _fetch_each(self, psubs: list[JetStreamContext.PullSubscription]) -> None:
+        await asyncio.gather(*(self._fetch(psub) for psub in psubs))  # jobs naming none, then each model's
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription) -> None:
         while not self._stopping:

@@ -10,6 +10,7 @@ structure, no I/O.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -20,6 +21,7 @@ class QueuedJob:
     priority: int = 0
     images: int = 1
     guild_id: int | None = None  # None: a direct message
+    model: str | None = None  # the model it names (None: the workers' default)
 
 
 # user -> that user's jobs; the OrderedDict order is the round-robin turn order.
@@ -74,6 +76,14 @@ class FairQueue:
     def peek(self) -> QueuedJob | None:
         """The job :meth:`pop` would hand out, left in the queue."""
         return _head(self._guilds)
+
+    def first(self, runnable: Callable[[QueuedJob], bool]) -> QueuedJob | None:
+        """The first job in :meth:`pop`'s order that ``runnable`` accepts (a worker has its model): a job
+        whose model no worker has room for waits, without holding up the jobs behind it."""
+        head = self.peek()
+        if head is None or runnable(head):
+            return head
+        return next((job for job in self.order() if runnable(job)), None)
 
     def take(self, job_id: str) -> QueuedJob | None:
         """Hand out ``job_id`` (normally :meth:`peek`'s): its guild and user go to the back of the line.

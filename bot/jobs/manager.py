@@ -132,7 +132,7 @@ class JobManager:
 
     def _enqueue(self, job: Job) -> None:
         self._jobs[job.id] = job
-        self.queue.push(QueuedJob(job.id, job.user_id, job.priority, job.count, job.guild_id))
+        self.queue.push(QueuedJob(job.id, job.user_id, job.priority, job.count, job.guild_id, job.model))
 
     def estimate_wait(self, job_id: str) -> float | None:
         """Seconds until ``job_id`` finishes: the work ahead of it, its own, and what is running."""
@@ -197,7 +197,9 @@ class JobManager:
     async def _dispatch_ready(self) -> None:
         # Peek, write, then take: a job leaves the queue only once its row says it is running.
         while (
-            not self._closed and (queued := self.queue.peek()) is not None and self.transport.free_slots() > 0
+            not self._closed
+            and self.transport.free_slots() > 0
+            and (queued := self.queue.first(lambda q: self.transport.accepts(q.model))) is not None
         ):
             job = self._jobs[queued.job_id]
             try:

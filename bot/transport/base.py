@@ -24,6 +24,10 @@ class Transport(Protocol):
         """How much more work the workers can take right now, in the transport's own unit (images for
         the local transport); the manager dispatches the next job while this is above zero."""
 
+    def accepts(self, model: str | None) -> bool:
+        """Whether a job for ``model`` (None: the workers' default) can be submitted now: some worker that
+        has the model has room. The manager then submits the first such job in its fair order."""
+
     def worker_count(self) -> int:
         """Workers ready now (for wait estimates: the queue drains this many jobs at a time)."""
 

@@ -206,6 +206,9 @@ class LocalTransport:
     def free_slots(self) -> int:
         return sum(w.room for w in self._workers)
 
+    def accepts(self, model: str | None) -> bool:
+        return True  # every local worker reads the same MODELS_DIR
+
     def worker_count(self) -> int:
         return sum(1 for w in self._workers if w.ready)
 

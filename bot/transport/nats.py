@@ -8,11 +8,12 @@ This side:
 - publishes each job to the ``N.jobs`` work-queue stream with ``Nats-Msg-Id`` = job id, so a job
   published twice (a bot restarted mid-queue re-publishes what was running) is queued once;
 - releases jobs only while workers have room: :meth:`free_slots` is the slots announced in the workers'
-  heartbeats (in images) minus the images of the jobs this bot has out. The stream therefore never holds
-  more than the workers can take at once, and the JobManager's order (fairness, priorities) is the order
-  jobs start in. This is the priority mechanism: no per-tier subjects are needed, and a high-priority job
-  waits behind at most the workers' two batches in hand, like on the local transport. Workers also batch
-  what they hold by priority;
+  heartbeats (in images) minus the images of the jobs this bot has out; a job naming a model goes to its
+  model's subject, pulled only by workers that announce it, while they have room (:meth:`accepts`). The
+  stream therefore never holds more than the workers can take at once, and the JobManager's order
+  (fairness, priorities) is the order jobs start in. This is the priority mechanism: no per-tier subjects
+  are needed, and a high-priority job waits behind at most the workers' two batches in hand, like on the
+  local transport. Workers also batch what they hold by priority;
 - reads results from the ``N.results.*`` stream through a durable consumer and acks each one only after
   the JobManager has handled it, so results finished while the bot was down are delivered at its next
   start; progress arrives on core NATS (lossy, never stored);
@@ -106,6 +107,8 @@ class NatsTransport:
         self._bad_heartbeats: set[str] = set()
         # published (or being published), no result yet: job id -> its images (capacity is in images)
         self._inflight: dict[str, int] = {}
+        self._inflight_model: dict[str, str] = {}  # those of them naming a model: job id -> the model
+        self._model_consumers: set[str] = set()  # models whose consumer has the bot's lease (this connection)
         self._request_objects: dict[str, str] = {}  # job id -> object holding its request body
         self._cancel_wanted: set[str] = set()
         self._results_in: OrderedDict[str, None] = OrderedDict()  # jobs whose result was read, newest last
@@ -201,6 +204,13 @@ class NatsTransport:
             return 0
         return max(0, self.roster.slots() - sum(self._inflight.values()))
 
+    def accepts(self, model: str | None) -> bool:
+        free = self.free_slots()
+        if not model or free <= 0:
+            return free > 0
+        out = sum(self._inflight.get(j, 0) for j, m in self._inflight_model.items() if m == model)
+        return self.roster.slots(model) - out > 0
+
     def worker_count(self) -> int:
         return len(self.roster.live())
 
@@ -226,6 +236,8 @@ class NatsTransport:
             log.info("job %s already has its result; not queued again", request.job_id)
             return
         self._inflight[request.job_id] = request.count
+        if request.model:
+            self._inflight_model[request.job_id] = request.model
         if await self._publish(request):
             return
         # The broker is unreachable: keep trying in the background. The job stays "running" in the
@@ -244,7 +256,11 @@ class NatsTransport:
             data = await pack(store, f"requests/{job_id}", encode(Submit(request)), limit, headers)
             if HEADER_OBJECT in headers:
                 self._request_objects[job_id] = headers[HEADER_OBJECT]
-            ack = await js.publish(self.layout.jobs_subject, data, headers=headers, timeout=5)
+            if request.model and request.model not in self._model_consumers:
+                await self.layout.ensure_job_consumer(js, request.model, self.lease_seconds)
+                self._model_consumers.add(request.model)
+            subject = self.layout.jobs_subject_for(request.model)
+            ack = await js.publish(subject, data, headers=headers, timeout=5)
         except Exception as exc:
             log.warning("could not queue job %s on NATS (%s)", job_id, exc)
             return False
@@ -368,6 +384,7 @@ class NatsTransport:
 
     def _job_ended(self, job_id: str) -> None:
         self._inflight.pop(job_id, None)
+        self._inflight_model.pop(job_id, None)
         self._cancel_wanted.discard(job_id)
         name = self._request_objects.pop(job_id, None)
         if name is not None:

@@ -26,6 +26,7 @@ class Seen:
     slots: int
     interval: float
     last_seen: float
+    models: frozenset[str] = frozenset()  # the model names it runs jobs for (any worker: jobs naming none)
 
     def expired(self, now: float) -> bool:
         return now - self.last_seen > MISSED_HEARTBEATS * self.interval + 1.0
@@ -53,15 +54,16 @@ class WorkerRoster:
                     log.warning("%d NATS workers announced; ignoring more", self._max_workers)
                     self._full_warned = True
                 return False
-        self._workers[worker_id] = Seen(beat.ready, beat.slots, beat.interval, self._clock())
-        if previous is not None and previous.slots == beat.slots:
+        self._workers[worker_id] = Seen(beat.ready, beat.slots, beat.interval, self._clock(), beat.models)
+        if previous is not None and (previous.slots, previous.models) == (beat.slots, beat.models):
             return False
         log.info(
-            "engine worker %s ready: %s on %s, %d slot(s)",
+            "engine worker %s ready: %s on %s, %d slot(s), %d model(s) by name",
             worker_id,
             beat.ready.model,
             beat.ready.device,
             beat.slots,
+            len(beat.models),
         )
         return True
 
@@ -74,6 +76,6 @@ class WorkerRoster:
                 del self._workers[worker_id]
         return list(self._workers.values())
 
-    def slots(self) -> int:
-        """Images the live workers can hold together."""
-        return sum(seen.slots for seen in self.live())
+    def slots(self, model: str | None = None) -> int:
+        """Images the live workers can hold together; with ``model``, those that announce it."""
+        return sum(seen.slots for seen in self.live() if model is None or model in seen.models)

@@ -38,6 +38,9 @@ class ScriptedTransport:
     def free_slots(self) -> int:
         return max(0, self.slots - len(self.inflight))
 
+    def accepts(self, model: str | None) -> bool:
+        return self.free_slots() > 0
+
     def worker_count(self) -> int:
         return 1
 
