@@ -4,10 +4,16 @@ holding up the others. Real nats-server, real `python -m engine serve` workers (
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+
+import pytest
 
 from bot.db import JobState
 from bot.transport.nats import NatsTransport
+from bot.transport.nats_roster import WorkerRoster
+from engine.nats_heartbeat import HEADER_MODELS, MAX_MODELS, STATE_READY, heartbeat_message, read_heartbeat
+from engine.protocol import ProtocolError, WorkerReady
 from tests.bot.jobrows import new_job
 from tests.waiting import wait_until
 
@@ -60,3 +66,21 @@ async def test_jobs_run_only_on_workers_that_have_their_model(
     except BaseException:
         print(worker_logs(workers))
         raise
+
+
+def test_a_heartbeats_model_list_is_bounded_and_checked():
+    body, headers = heartbeat_message(WorkerReady("w1", "base", "cpu", 1, 2), 4, 1.0, STATE_READY, ["alpha"])
+    roster = WorkerRoster()
+    roster.heard(read_heartbeat(body, headers))
+    assert (roster.slots(), roster.slots("alpha"), roster.slots("beta")) == (4, 4, 0)
+    for bad in (
+        "not json",
+        json.dumps({"alpha": 1}),
+        json.dumps([1]),
+        json.dumps([""]),
+        json.dumps(["a\nb"]),
+        json.dumps(["x" * 201]),
+        json.dumps([f"m{i}" for i in range(MAX_MODELS + 1)]),
+    ):
+        with pytest.raises(ProtocolError):
+            read_heartbeat(body, {**headers, HEADER_MODELS: bad})
