@@ -1,10 +1,14 @@
 """``python -m bot``: read settings (.env), then run the bot until Ctrl-C or SIGTERM (exit status 0; 1 for
-a bad token or a crash, 2 for bad settings, 3 when shutdown overran its bound (bot/shutdown.py), 130 for a
-second Ctrl-C, which leaves at once)."""
+a bad token or a crash, 2 for bad settings or a local engine that is not installed, 3 when shutdown overran
+its bound (bot/shutdown.py), 130 for a second Ctrl-C, which leaves at once).
+
+``python -m bot migrate-db ...`` and ``python -m bot backup ...`` are the database's subcommands
+(bot/db/commands.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import signal
 import sys
@@ -15,6 +19,21 @@ TOKEN_HELP = (
     "DISCORD_TOKEN is not set. Create a bot at https://discord.com/developers/applications "
     "(New Application → Bot → Reset Token), then put DISCORD_TOKEN=<token> in .env (see .env.example)."
 )
+
+ENGINE_HELP = (
+    "ENGINE_TRANSPORT=local runs the engine on this machine, and this install has no engine: "
+    "pip install -e '.[engine]' adds it (torch, diffusers, ...). "
+    "A bot whose GPUs are NATS workers sets ENGINE_TRANSPORT=nats instead (README: More GPUs)."
+)
+ENGINE_PACKAGES = ("torch", "diffusers", "transformers")
+
+
+def engine_installed() -> bool:
+    """Whether engine workers can run here (the ``engine`` extra), found without importing it."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ENGINE_PACKAGES)
+    except (ImportError, ValueError):
+        return False
 
 
 async def _run(settings: Settings) -> int:
@@ -65,12 +84,19 @@ async def _run(settings: Settings) -> int:
 
 
 def main() -> None:
+    from bot.db import commands as db_commands
+
+    if sys.argv[1:2] and sys.argv[1] in db_commands.COMMANDS:  # python -m bot migrate-db | backup ...
+        raise SystemExit(db_commands.main(sys.argv[1:]))
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         message = TOKEN_HELP if str(exc).startswith("DISCORD_TOKEN is not set") else f"Bad setting: {exc}"
         print(message, file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.engine_transport == "local" and not engine_installed():
+        print(ENGINE_HELP, file=sys.stderr)
+        raise SystemExit(2)
     from bot.db import urls as database_urls
     from bot.logs import setup_logging
 
