@@ -102,6 +102,16 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="LOAD SIMULATION for benchmarks/tests: sleep this long per step instead of running a model",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics here (batch sizes, steps, GPU memory; 0: a free port; default: off)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)"
+    )
 
 
 def broker_from(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, NatsAuth]:
@@ -131,6 +141,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         check_fields(WorkerReady, {"worker_id": worker_id})  # the bot refuses heartbeats with another
         runner = _make_runner(args, worker_id)
+        if args.metrics_port is not None:
+            runner = _metered(runner, args)
         worker = NatsWorker(
             runner,
             url,
@@ -164,6 +176,15 @@ def served_models(args: argparse.Namespace, default: str) -> list[str]:
     if len(names) > MAX_MODELS:
         log.warning("%d models; serving the first %d by name", len(names), MAX_MODELS)
     return names[:MAX_MODELS]
+
+
+def _metered(runner: RunnerLike, args: argparse.Namespace) -> RunnerLike:
+    from engine.metrics import MeteredRunner, WorkerMetrics
+
+    metrics = WorkerMetrics(runner.device_name)
+    port = metrics.serve(args.metrics_host, args.metrics_port)
+    log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
+    return MeteredRunner(runner, metrics)
 
 
 def _make_runner(args: argparse.Namespace, worker_id: str) -> RunnerLike:

@@ -47,12 +47,13 @@ def test_bad_setting_names_it(tmp_path):
 
 def test_import_bot_loads_no_torch_and_engine_loads_no_discord():
     code = (
-        "import sys, bot.client, bot.__main__, bot.cogs.imagine._cog, bot.cogs.admin, bot.cogs.usage; "
+        "import sys, bot.client, bot.__main__, bot.cogs.imagine._cog, bot.cogs.admin, bot.cogs.usage, "
+        "bot.transport.nats, bot.metrics, bot.health, bot.charts; "
         "assert not [m for m in sys.modules if m.split('.')[0] in ('torch','diffusers','transformers')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
     code = (
-        "import sys, engine.worker, engine.protocol; "
+        "import sys, engine.worker, engine.protocol, engine.nats_serve, engine.metrics, engine.logging_setup;"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('discord','sqlalchemy')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
