@@ -85,6 +85,17 @@ class PgServer:
             raise RuntimeError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
 
+    def rows(self, database: str, sql: str) -> list[tuple[object, ...]]:
+        """``sql``'s rows, as sqlite3 gives them: integers as int, NULL as None, the rest as str."""
+
+        def value(text: str) -> object:
+            if text == "":
+                return None
+            return int(text) if text.lstrip("-").isdigit() else text
+
+        lines = self.psql(sql, database).splitlines()
+        return [tuple(value(v) for v in line.split("|")) for line in lines if line]
+
     def new_database(self) -> str:
         name = f"t{os.getpid()}_{next(self._names)}"
         self.psql(f"CREATE DATABASE {name} TEMPLATE template0")
