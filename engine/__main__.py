@@ -15,7 +15,7 @@
                                                     a pickled checkpoint, LoRA or embedding as .safetensors
                                                     (read with the safe unpickler: engine/safe_pickle.py)
 
-Flags fall back to the environment where one is named: ENGINE_MAX_BATCH, MODELS_DIR,
+Flags fall back to the environment where one is named: ENGINE_MAX_BATCH, MODELS_DIR, EMBEDDINGS_DIR,
 ALLOW_PICKLE_CHECKPOINTS, ENGINE_DEVICE, ENGINE_DTYPE, ENGINE_SINGLE_FILE_CONFIG, ENGINE_TAESD,
 ENGINE_SAFETY_CHECKER, ENGINE_MODEL, ENGINE_WORKER_ID, NATS_URL, NATS_NAMESPACE.
 """
@@ -70,10 +70,16 @@ def _add_model_flags(p: argparse.ArgumentParser, *, model_required: bool) -> Non
         "(default: a Lora folder beside --models-dir, as in A1111's models/)",
     )
     p.add_argument(
+        "--embeddings-dir",
+        default=os.environ.get("EMBEDDINGS_DIR") or None,
+        help="folder of textual-inversion embeddings that prompts use by file name "
+        "(default: the embeddings folder beside --models-dir's models/, as in A1111)",
+    )
+    p.add_argument(
         "--allow-pickle",
         action="store_true",
         default=_env_flag("ALLOW_PICKLE_CHECKPOINTS"),
-        help="allow .ckpt/.pt pickle checkpoints (loading one runs code)",
+        help="read pickles (.ckpt/.pt/.bin) that the safe unpickler refuses with the full one (runs code)",
     )
     p.add_argument(
         "--single-file-config",

@@ -74,6 +74,8 @@ class Job:
     last_step: int = -1
     pngs: dict[int, tuple[bytes, bool]] = field(default_factory=dict)  # index -> (PNG, nsfw)
     upscale: float | None = None  # the resize factor of an upscale job (PNG info)
+    embeddings: tuple[str, ...] = ()  # textual-inversion embeddings its texts name (engine/embeddings.py)
+    ti_hashes: str | None = None  # A1111's "TI hashes" PNG-info value for them
     passed_over: int = 0  # batches of the loaded model that went first (engine/batching.py)
     emit: Emit | None = None  # where JobBook.cancel_id reports a cancel (set by run() / the worker)
 

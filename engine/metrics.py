@@ -22,6 +22,7 @@ from engine.protocol import Event, GenerateRequest, JobProgress
 if TYPE_CHECKING:
     from engine.nats_serve import RunnerLike
 
+GPU_MEMORY = "imagine_engine_gpu_memory_bytes"  # served only while CUDA is in use
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 
@@ -59,9 +60,7 @@ class _GpuMemory(Collector):
         # a context on a GPU this worker does not use).
         if torch is None or not self.device.startswith("cuda") or not torch.cuda.is_initialized():
             return
-        gauge = GaugeMetricFamily(
-            "imagine_engine_gpu_memory_bytes", "GPU memory held by torch", labels=["device", "kind"]
-        )
+        gauge = GaugeMetricFamily(GPU_MEMORY, "GPU memory held by torch", labels=["device", "kind"])
         gauge.add_metric([self.device, "allocated"], torch.cuda.memory_allocated(self.device))
         gauge.add_metric([self.device, "reserved"], torch.cuda.memory_reserved(self.device))
         yield gauge

@@ -41,3 +41,21 @@ def list_models(models_dir: str | Path | None, *, allow_pickle: bool = False) ->
     """Names (file stems, diffusers folder names) of the models in ``models_dir``, sorted case-blind;
     [] when unset or missing."""
     return list(model_paths(models_dir, allow_pickle=allow_pickle))
+
+
+# Textual-inversion embeddings as A1111 reads them (its image-embedded .png/.webp ones are not read here).
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+
+
+def embedding_files(folder: str | Path | None) -> list[Path]:
+    """The embedding files of ``folder`` and its subfolders (A1111 walks them too), sorted; [] when unset
+    or missing. Of two files with one name, the ``.safetensors`` one comes first."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    files = [p for p in Path(folder).rglob("*") if p.suffix.lower() in EMBEDDING_SUFFIXES and p.is_file()]
+    return sorted(files, key=lambda p: (p.stem.lower(), p.suffix.lower() not in SAFE_SUFFIXES, str(p)))
+
+
+def list_embeddings(folder: str | Path | None) -> list[str]:
+    """Names of the embeddings in ``folder`` (file stems, each once), sorted case-blind."""
+    return sorted({p.stem for p in embedding_files(folder)}, key=str.lower)

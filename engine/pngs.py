@@ -99,6 +99,8 @@ def png_parameters(job: Job, index: int, model_hash: str | None, loras: LoraLibr
     if key.kind == JobKind.UPSCALE and job.upscale:
         width, height, hires = hires_fields(job)
         extras.update(hires)
+    if job.ti_hashes:  # computed when the request was prepared (engine/embeddings.py)
+        extras["TI hashes"] = job.ti_hashes
     if key.loras:
         try:
             extras["Lora hashes"] = loras.hashes(key.loras)

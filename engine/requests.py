@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from engine import bounds, loading, pictures, prompts
+from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.jobs import BatchKey, Job, JobBook
 from engine.protocol import GenerateRequest, JobKind
@@ -33,6 +34,7 @@ def prepare_job(
     resolve_model: Callable[[str | None], loading.ModelSource],
     loras: loras_mod.LoraLibrary,
     tokenizer: Any | None,
+    embeddings: embeddings_mod.EmbeddingLibrary | None = None,
 ) -> Job:
     """Check ``request`` into a :class:`Job` of ``book``. Raises :class:`RequestError` with a clear reason.
 
@@ -86,6 +88,18 @@ def prepare_job(
         loras.check(named)
     except loras_mod.LoraError as exc:
         raise RequestError(str(exc)) from exc
+    # Embeddings named in either text: each must load; chunks are counted with their vectors in place.
+    used: tuple[str, ...] = ()
+    counted: tuple[str, ...] = (text, request.negative_prompt)
+    ti_hashes = None
+    if embeddings is not None:
+        try:
+            used = embeddings.find(text, request.negative_prompt)
+            embeddings.check(used)
+            counted = tuple(embeddings.for_counting(t, used) for t in counted)
+            ti_hashes = embeddings.hashes(used)
+        except embeddings_mod.EmbeddingError as exc:
+            raise RequestError(str(exc)) from exc
     key = BatchKey(
         source.key,
         request.kind,
@@ -95,7 +109,7 @@ def prepare_job(
         sampler,
         float(request.cfg_scale),
         strength,
-        chunk_count(tokenizer, text, request.negative_prompt),  # RequestError past bounds.PROMPT_CHUNKS
+        chunk_count(tokenizer, *counted),  # RequestError past bounds.PROMPT_CHUNKS
         named,
     )
     return Job(
@@ -106,6 +120,8 @@ def prepare_job(
         init_image=init,
         order=book.next_order(),
         upscale=upscale,
+        embeddings=used,
+        ti_hashes=ti_hashes,
     )
 
 

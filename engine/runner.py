@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from engine import bounds, devices, loading, prompts
+from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.families import Family
 from engine.jobs import Emit, Job, JobBook
@@ -81,6 +82,7 @@ class Runner:
         taesd: str | os.PathLike[str] | None = None,
         taesdxl: str | os.PathLike[str] | None = None,
         lora_dir: str | os.PathLike[str] | None = None,
+        embeddings_dir: str | os.PathLike[str] | None = None,
         safety_checker: str | os.PathLike[str] | None = None,
         compile: bool = False,
         cpu_offload: bool = False,
@@ -102,6 +104,9 @@ class Runner:
         self.loras = loras_mod.LoraLibrary(
             loras_mod.default_folder(Path(lora_dir) if lora_dir is not None else None, models),
             allow_pickle=allow_pickle,
+        )
+        self.embeddings = embeddings_mod.EmbeddingLibrary(
+            embeddings_mod.default_folder(embeddings_dir, models), allow_pickle=allow_pickle
         )
         if self.device.type == "cuda":
             # cuDNN's autotuner picks each convolution's algorithm once per shape (a few shapes here: sizes x
@@ -186,6 +191,7 @@ class Runner:
             book=self.jobs,
             resolve_model=self.slot.resolve,
             loras=self.loras,
+            embeddings=self.embeddings,
             tokenizer=getattr(self.slot.pipe, "tokenizer", None),  # None while another model loads
         )
 
@@ -232,6 +238,10 @@ class Runner:
             self.jobs.release(jobs, emit)
 
     def _execute(self, items: list[tuple[Job, int]], emit: Emit) -> None:
+        items = [(job, i) for job, i in items if not job.finished]
+        # Embeddings load before the batch runs; a job whose embedding does not fails alone.
+        for job, reason in self.embeddings.apply(self.slot.pipe, [job for job, _ in items]).items():
+            self.jobs.fail(job, reason, emit)
         items = [(job, i) for job, i in items if not job.finished]
         if not items:
             return
@@ -302,8 +312,11 @@ class Runner:
             )
         generators = [torch.Generator("cpu").manual_seed(job.request.seeds[i]) for job, i in items]
         kwargs: dict[str, Any] = {
-            "prompt": [job.prompt for job, _ in items],
-            "negative_prompt": [job.request.negative_prompt for job, _ in items],
+            # Embedding names become the tokens they are loaded under (engine/embeddings.py).
+            "prompt": [self.embeddings.rewrite(job.prompt, job.embeddings) for job, _ in items],
+            "negative_prompt": [
+                self.embeddings.rewrite(job.request.negative_prompt, job.embeddings) for job, _ in items
+            ],
             "num_inference_steps": key.steps,
             "guidance_scale": key.cfg_scale,
             "generator": generators,

@@ -199,6 +199,7 @@ def runner_from_args(args: Any, worker_id: str) -> Any:
         taesd=args.taesd,
         taesdxl=args.taesdxl,
         lora_dir=args.lora_dir,
+        embeddings_dir=getattr(args, "embeddings_dir", None),
         safety_checker=args.safety_checker,
         compile=args.compile,
         cpu_offload=args.cpu_offload,
