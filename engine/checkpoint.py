@@ -1,11 +1,12 @@
-"""Write a diffusers SD 1.x or SDXL pipeline as one checkpoint file in the original layout (CompVis/A1111
-for SD 1.x, Stability's "SGM" for SDXL).
+"""Write a diffusers SD 1.x, SD 2.x or SDXL pipeline as one checkpoint file in the original layout
+(CompVis/A1111 for SD 1.x and 2.x, Stability's "SGM" for SDXL).
 
 The inverse of diffusers' ``from_single_file`` conversion, for any depth of UNet/VAE (so the tiny test
 models round-trip too): ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE), and the text
-encoders: ``cond_stage_model.transformer.*`` (SD 1.x's CLIP); for SDXL
-``conditioner.embedders.0.transformer.*`` (CLIP ViT-L) and ``conditioner.embedders.1.model.*`` (OpenCLIP
-bigG in OpenCLIP's own names, attention projections fused into ``in_proj``).
+encoders: ``cond_stage_model.transformer.*`` (SD 1.x's CLIP), ``cond_stage_model.model.*`` (SD 2.x's
+OpenCLIP ViT-H); for SDXL ``conditioner.embedders.0.transformer.*`` (CLIP ViT-L) and
+``conditioner.embedders.1.model.*`` (OpenCLIP bigG). OpenCLIP weights take OpenCLIP's own names, the
+attention projections fused into ``in_proj``.
 """
 
 from __future__ import annotations
@@ -158,16 +159,18 @@ _OPENCLIP_LAYER = (
 
 
 def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A transformers ``CLIPTextModelWithProjection`` state dict in OpenCLIP's names (what SDXL files hold
-    under ``conditioner.embedders.1.model.``)."""
+    """A transformers CLIP text model's state dict in OpenCLIP's names (what SDXL files hold under
+    ``conditioner.embedders.1.model.``, SD 2.x files under ``cond_stage_model.model.``)."""
     sd = {k.removeprefix("text_model."): v for k, v in state.items()}
     out = {
         "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
         "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
         "ln_final.weight": sd.pop("final_layer_norm.weight"),
         "ln_final.bias": sd.pop("final_layer_norm.bias"),
-        "text_projection": sd.pop("text_projection.weight").T,  # OpenCLIP multiplies x @ projection
     }
+    projection = sd.pop("text_projection.weight", None)  # SDXL's second encoder; SD 2.x's has none
+    if projection is not None:
+        out["text_projection"] = projection.T  # OpenCLIP multiplies x @ projection
     layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")})
     for i in layers:
         src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
@@ -193,6 +196,9 @@ def to_original_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
         sd.update({f"conditioner.embedders.0.transformer.{k}": v for k, v in text.items()})
         bigg = open_clip_to_original(pipe.text_encoder_2.state_dict())
         sd.update({f"conditioner.embedders.1.model.{k}": v for k, v in bigg.items()})
+    elif pipe.unet.config.cross_attention_dim == 1024:  # SD 2.x: OpenCLIP ViT-H
+        vith = open_clip_to_original(pipe.text_encoder.state_dict())
+        sd.update({f"cond_stage_model.model.{k}": v for k, v in vith.items()})
     else:
         sd.update({f"cond_stage_model.transformer.{k}": v for k, v in text.items()})
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
