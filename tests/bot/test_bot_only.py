@@ -1,11 +1,13 @@
 """The bot-only install: ``pip install .`` without extras is the bot alone (no torch), and a bot whose
-engines are NATS workers runs on it. The engine stack is kept out of the bot's process by a meta-path
-finder that refuses to import it, as a machine without it would."""
+engines are NATS workers runs on it, as an operator runs it (JSON logs, metrics and health). The engine stack
+is kept out of the bot's process by a meta-path finder that refuses to import it, as a machine without it
+would."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -110,6 +112,7 @@ async def test_a_nats_bot_without_the_engine_stack_serves_imagine_and_metrics(
     env = bot_env(fake, tmp_path, Path("unused"), guild.id)
     env.update(
         ENGINE_TRANSPORT="nats", NATS_URL=nats_server.url, NATS_NAMESPACE=nats_namespace, METRICS_PORT="0",
+        LOG_FORMAT="json",
         DEFAULT_SAMPLER="Euler",
     )  # fmt: skip
     bot = await asyncio.create_subprocess_exec(
@@ -177,6 +180,10 @@ async def test_a_nats_bot_without_the_engine_stack_serves_imagine_and_metrics(
         await asyncio.wait({reader}, timeout=5)
     assert code == 0, "\n".join(log[-40:])
     assert not [line for line in log if "blocked: a bot-only install" in line]
+    records = [json.loads(line) for line in log]  # LOG_FORMAT=json: every line is one object
+    assert any(r["logger"] == "bot.client" and r["message"].startswith("logged in as") for r in records)
+    assert all({"time", "level", "logger", "message", "exc"} <= set(r) for r in records)
+    assert fake.token not in "\n".join(log)
 
 
 async def _healthy(health) -> bool:
