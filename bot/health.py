@@ -73,7 +73,8 @@ class HealthServer:
         log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
 
     async def close(self) -> None:
-        await self._runner.cleanup()
+        if self._runner.server is not None:  # started (a bot whose login failed never started it)
+            await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         try:

@@ -32,7 +32,7 @@ ENGINE_BUCKETS = (0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 
 
 def queued_age(job: Job, now: dt.datetime) -> float:
-    return max(0.0, (now - job.created_at).total_seconds()) if job.created_at else 0.0
+    return max(0.0, (now - _aware(job.created_at)).total_seconds()) if job.created_at else 0.0
 
 
 class BotMetrics:
