@@ -33,7 +33,7 @@ def run_baseline(args: argparse.Namespace, device: Any, dtype: Any, n: int) -> d
         pipe = StableDiffusionPipeline.from_pretrained(
             args.model, safety_checker=None, requires_safety_checker=False, **{dtype_key: dtype}
         )
-    pipe.scheduler = make_scheduler(args.sampler, pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(args.sampler, None, pipe.scheduler.config)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t_load

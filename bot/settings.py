@@ -357,13 +357,12 @@ class Settings:
             )
         if p["DEFAULT_SIZE"] % 64:
             raise SettingsError(f"DEFAULT_SIZE: must be a multiple of 64, got {p['DEFAULT_SIZE']}")
-        from engine.sampler_names import SAMPLER_NAMES
+        from engine.sampler_names import UnknownSamplerError, canonical_sampler
 
-        if p["DEFAULT_SAMPLER"] not in SAMPLER_NAMES:
-            raise SettingsError(
-                f"DEFAULT_SAMPLER: unknown sampler {p['DEFAULT_SAMPLER']!r}; "
-                f"one of {', '.join(SAMPLER_NAMES)}"
-            )
+        try:  # any A1111 spelling, alias or pre-1.9 combined name ("DPM++ 2M Karras")
+            p["DEFAULT_SAMPLER"] = canonical_sampler(p["DEFAULT_SAMPLER"])
+        except UnknownSamplerError as exc:
+            raise SettingsError(f"DEFAULT_SAMPLER: {exc}") from None
         models_dir = Path(p["MODELS_DIR"]).expanduser() if p["MODELS_DIR"] else None
         if models_dir is not None and not models_dir.is_dir():
             raise SettingsError(f"MODELS_DIR: {models_dir} is not a folder")

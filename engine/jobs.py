@@ -53,6 +53,8 @@ class BatchKey(NamedTuple):
     # only prompts of the same number of 77-token chunks share a batch (engine/prompts.py).
     chunks: int = 1
     loras: Loras = ()  # a batch runs with one set of LoRA adapters
+    scheduler: str = "Automatic"  # the schedule type that runs (engine.sampler_names.resolve)
+    clip_skip: int = 0  # the text encoder's output layer differs (0: the model's default)
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.jobs import BatchKey, Job, JobBook
 from engine.protocol import GenerateRequest, JobKind
-from engine.sampler_names import UnknownSamplerError, canonical_sampler
+from engine.sampler_names import UnknownSamplerError, resolve
 
 UPSCALE_FACTOR = 2
 
@@ -41,9 +41,14 @@ def prepare_job(
     ``resolve_model`` maps the request's model name to a source (ModelLoadError for an unknown one);
     ``tokenizer`` counts the prompt's chunks (None: what its BREAKs alone make)."""
     try:
-        sampler = canonical_sampler(request.sampler)
+        pair = resolve(request.sampler, request.scheduler)
     except UnknownSamplerError as exc:
         raise RequestError(str(exc)) from exc
+    if isinstance(request.clip_skip, bool) or request.clip_skip not in bounds.CLIP_SKIP:
+        raise RequestError(
+            f"clip_skip must be between {bounds.CLIP_SKIP.lo} and {bounds.CLIP_SKIP.hi}, "
+            f"got {request.clip_skip}"
+        )
     if request.steps not in bounds.STEPS:
         raise RequestError(f"steps must be between 1 and {bounds.STEPS.hi}, got {request.steps}")
     if request.count not in bounds.COUNT:
@@ -106,11 +111,13 @@ def prepare_job(
         width,
         height,
         request.steps,
-        sampler,
+        pair.sampler,
         float(request.cfg_scale),
         strength,
         chunk_count(tokenizer, *counted),  # RequestError past bounds.PROMPT_CHUNKS
         named,
+        scheduler=pair.scheduler,
+        clip_skip=request.clip_skip,
     )
     return Job(
         request=request,

@@ -55,7 +55,7 @@ from engine.protocol import (
 )
 from engine.requests import RequestError, prepare_job
 from engine.safety import SafetyChecker
-from engine.samplers import make_scheduler
+from engine.samplers import make_scheduler, uses_noise_seeds
 
 __all__ = ["Job", "RequestError", "Runner"]
 
@@ -345,7 +345,9 @@ class Runner:
         ) is not None:  # A1111 emphasis, BREAK or over 75 tokens: see engine/prompts.py
             del kwargs["prompt"], kwargs["negative_prompt"]
             kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = embeds
-        pipe.scheduler = make_scheduler(key.sampler, self.slot.base_scheduler_config)
+        pipe.scheduler = make_scheduler(key.sampler, key.scheduler, self.slot.base_scheduler_config)
+        if uses_noise_seeds(pipe.scheduler):  # DPM++ SDE: one Brownian tree per image, on the image's seed
+            pipe.scheduler.noise_sampler_seed = [job.request.seeds[i] for job, i in items]
         if key.width * key.height > TILING_ABOVE_PIXELS:
             pipe.vae.enable_tiling()
         else:

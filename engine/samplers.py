@@ -1,49 +1,94 @@
-"""AUTOMATIC1111 sampler names -> diffusers schedulers (see the table in PRODUCT.md).
+"""AUTOMATIC1111 samplers and schedule types -> diffusers schedulers (the table is in engine/README.md).
 
-``SAMPLER_NAMES`` is re-exported from the torch-free :mod:`engine.sampler_names`; diffusers is imported only
-when a scheduler is built.
+Names, aliases, combined names and which pairs can run are in the torch-free :mod:`engine.sampler_names`;
+here a resolved (sampler, schedule type) pair becomes a diffusers scheduler on the model's noise schedule.
+diffusers is imported only when a scheduler is built.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import copy
+import inspect
+import math
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from engine.sampler_names import DEFAULT_SAMPLER, SAMPLER_NAMES, UnknownSamplerError, canonical_sampler
+from engine.sampler_names import (
+    AUTOMATIC,
+    DEFAULT_SAMPLER,
+    SAMPLER_NAMES,
+    UnknownSamplerError,
+    canonical_sampler,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from diffusers.configuration_utils import ConfigMixin  # every scheduler's base with from_config()
 
-__all__ = ["DEFAULT_SAMPLER", "SAMPLER_NAMES", "UnknownSamplerError", "canonical_sampler", "make_scheduler"]
+__all__ = [
+    "DEFAULT_SAMPLER",
+    "SAMPLER_NAMES",
+    "UnknownSamplerError",
+    "canonical_sampler",
+    "make_scheduler",
+    "scheduler_config",
+    "uses_noise_seeds",
+]
 
-# name -> (diffusers class name, extra config)
+_MULTISTEP = "DPMSolverMultistepScheduler"
+# sampler -> (diffusers class name, extra config)
 _TABLE: dict[str, tuple[str, dict[str, Any]]] = {
-    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "DPM++ 2M Karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    "DPM++ 2M": (_MULTISTEP, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    # k-diffusion's DPM++ SDE: second-order single-step SDE solver on a Brownian tree (needs torchsde).
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
+    "DPM++ 2M SDE": (
+        _MULTISTEP,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint"},
     ),
-    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "DPM++ 2M SDE Karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    "DPM++ 2M SDE Heun": (
+        _MULTISTEP,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
     ),
-    "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}),
-    "DPM++ SDE Karras": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
-    "DPM2": ("KDPM2DiscreteScheduler", {}),
-    "DPM2 Karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
-    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
-    "Euler": ("EulerDiscreteScheduler", {}),
+    # Second-order single-step with fresh noise each step: diffusers' nearest is its SDE variant of the
+    # single-step solver (an SDE step rather than k-diffusion's ancestral one; README lists the difference).
+    "DPM++ 2S a": (
+        "DPMSolverSinglestepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": True},
+    ),
+    "DPM++ 3M SDE": (_MULTISTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
-    "Heun": ("HeunDiscreteScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
     "LMS": ("LMSDiscreteScheduler", {}),
-    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
     "DDIM": ("DDIMScheduler", {}),
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
     "UniPC": ("UniPCMultistepScheduler", {}),
     "LCM": ("LCMScheduler", {}),
 }
 assert set(_TABLE) == set(SAMPLER_NAMES)
+
+# schedule type -> config. A1111 takes a sigma list's ends from the model's whole range (sigma at t=999 and
+# t=0); diffusers takes them from the spaced timesteps, which span that range only with "linspace". Uniform
+# and Normal are linspace over t; SGM Uniform and Simple start at t=999 and drop t=0 (diffusers' "trailing";
+# Simple's floor against trailing's round can move a timestep by one when 1000 is not a multiple of the
+# steps); A1111's DDIM schedule is diffusers' "leading" with offset 1. Polyexponential at A1111's default
+# rho of 1 is exactly Exponential.
+_LINSPACE = {"timestep_spacing": "linspace"}
+_SCHEDULE_CONFIG: dict[str, dict[str, Any]] = {
+    "Uniform": _LINSPACE,
+    "Normal": _LINSPACE,
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+    "Simple": {"timestep_spacing": "trailing"},
+    "DDIM": {"timestep_spacing": "leading", "steps_offset": 1},
+    "Karras": {**_LINSPACE, "use_karras_sigmas": True},
+    "Exponential": {**_LINSPACE, "use_exponential_sigmas": True},
+    "Polyexponential": {**_LINSPACE, "use_exponential_sigmas": True},
+    "Beta": {**_LINSPACE, "use_beta_sigmas": True},  # alpha = beta = 0.6, A1111's defaults too
+    "KL Optimal": _LINSPACE,  # sigmas computed here (_CustomSigmas)
+    "Align Your Steps": _LINSPACE,
+    AUTOMATIC: {},  # samplers with their own timesteps: the model's config as it is
+}
 
 # Keys of a model's scheduler config that describe the noise schedule it was trained with; everything else
 # (the solver settings of whatever scheduler the checkpoint shipped) is dropped before building another one.
@@ -58,6 +103,55 @@ _SCHEDULE_KEYS = (
     "timestep_spacing",
     "rescale_betas_zero_snr",
 )
+
+# NVIDIA's Align Your Steps sigmas for SD 1.5 at 10 steps (published with the method; A1111 1.10 uses the
+# same), log-linearly interpolated to other step counts.
+_AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
+
+
+def ays_sigmas(steps: int) -> list[float]:
+    """Align Your Steps: ``steps`` sigmas and a final 0, log-linear between the published ones."""
+    import numpy as np
+
+    if steps == len(_AYS_SD15):
+        return [*_AYS_SD15, 0.0]
+    xs = np.linspace(0, 1, len(_AYS_SD15))
+    ys = np.log(np.array(_AYS_SD15[::-1]))
+    interpolated = np.exp(np.interp(np.linspace(0, 1, steps), xs, ys))[::-1]
+    return [float(s) for s in interpolated] + [0.0]
+
+
+def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """KL Optimal (Kynkäänniemi et al.): sigmas evenly spaced in arctan(sigma), ``steps + 1`` of them,
+    from ``sigma_max`` down to ``sigma_min`` (A1111 ends there, not at 0)."""
+    lo, hi = math.atan(sigma_min), math.atan(sigma_max)
+    return [math.tan(i / steps * lo + (1 - i / steps) * hi) for i in range(steps + 1)]
+
+
+def _custom_sigmas_class(schedule: str) -> type[ConfigMixin]:
+    """EulerDiscreteScheduler computing its sigma list for ``schedule`` (KL Optimal, Align Your Steps): the
+    pipelines call ``set_timesteps(steps)``, and Euler takes a custom list through ``sigmas=``."""
+    import numpy as np
+    from diffusers import EulerDiscreteScheduler
+
+    class CustomSigmasEulerScheduler(EulerDiscreteScheduler):
+        def set_timesteps(  # the same call; sigmas filled in when none are given
+            self,
+            num_inference_steps: int | None = None,
+            device: Any = None,
+            timesteps: list[int] | None = None,
+            sigmas: list[float] | None = None,
+        ) -> None:
+            if sigmas is None and timesteps is None and num_inference_steps is not None:
+                model = np.sqrt((1 - self.alphas_cumprod.numpy()) / self.alphas_cumprod.numpy())
+                if schedule == "Align Your Steps":
+                    sigmas = ays_sigmas(num_inference_steps)
+                else:
+                    sigmas = kl_optimal_sigmas(num_inference_steps, float(model[0]), float(model[-1]))
+                num_inference_steps = None
+            super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
+
+    return CustomSigmasEulerScheduler
 
 
 def _lms_class() -> type[ConfigMixin]:
@@ -87,16 +181,63 @@ def _lms_class() -> type[ConfigMixin]:
     return LMSDiscreteSchedulerNoScipy
 
 
-def make_scheduler(name: str | None, base_config: Any) -> Any:
-    """A fresh scheduler for the A1111 sampler ``name`` on the model's noise schedule (``base_config``: the
-    pipeline's ``scheduler.config``). Raises :class:`UnknownSamplerError` for an unknown name."""
-    import diffusers
+class SchedulerSpec(NamedTuple):
+    cls_name: str  # a diffusers class, or CustomSigmasEulerScheduler (KL Optimal, Align Your Steps)
+    schedule: str  # the schedule type that runs
+    config: dict[str, Any]
 
-    cls_name, extra = _TABLE[canonical_sampler(name)]
-    cls: type[ConfigMixin] = (
-        _lms_class() if cls_name == "LMSDiscreteScheduler" else getattr(diffusers, cls_name)
-    )
+
+def scheduler_config(sampler: str | None, scheduler: str | None, base_config: Any) -> SchedulerSpec:
+    """The diffusers class name and config for the pair (before the class drops keys it does not take):
+    the model's noise schedule, the sampler's solver settings, the schedule type's spacing or sigma flag.
+    Torch-free. Raises :class:`UnknownSamplerError` as :func:`~engine.sampler_names.resolve` does."""
+    pair = resolve(sampler, scheduler)
     config = {k: base_config[k] for k in _SCHEDULE_KEYS if k in base_config}
     if config.get("trained_betas") is None:
         config.pop("trained_betas", None)
-    return cls.from_config({**config, **extra})
+    cls_name, extra = _TABLE[pair.sampler]
+    if pair.scheduler in ("KL Optimal", "Align Your Steps"):
+        cls_name = "CustomSigmasEulerScheduler"
+    return SchedulerSpec(cls_name, pair.scheduler, {**config, **extra, **_SCHEDULE_CONFIG[pair.scheduler]})
+
+
+def make_scheduler(sampler: str | None, scheduler: str | None, base_config: Any) -> Any:
+    """A fresh scheduler for the A1111 ``sampler`` and schedule type ``scheduler`` (None: Automatic) on the
+    model's noise schedule (``base_config``: the pipeline's ``scheduler.config``).
+
+    Raises :class:`UnknownSamplerError` for an unknown or refused name, or a pair that cannot run."""
+    spec = scheduler_config(sampler, scheduler, base_config)
+    key = (spec.cls_name, spec.schedule, repr(sorted(spec.config.items())))
+    # Building one runs its set_timesteps over all 1000 training steps (seconds for DPM2 with Karras on a
+    # busy CPU, and this runs once per batch): a copy of a cached one is the same fresh scheduler.
+    built = _BUILT.get(key)
+    if built is None:
+        if len(_BUILT) >= 32:
+            _BUILT.clear()
+        built = _BUILT[key] = _build(spec)
+    return copy.deepcopy(built)
+
+
+_BUILT: dict[tuple[str, str, str], Any] = {}
+
+
+def _build(spec: SchedulerSpec) -> Any:
+    import diffusers
+
+    cls: type[ConfigMixin]
+    if spec.cls_name == "LMSDiscreteScheduler":
+        cls = _lms_class()
+    elif spec.cls_name == "CustomSigmasEulerScheduler":
+        cls = _custom_sigmas_class(spec.schedule)
+    else:
+        cls = getattr(diffusers, spec.cls_name)
+    accepted = inspect.signature(cls.__init__).parameters
+    # A key the class does not take would only be warned about (the single-step solver has no spacing).
+    return cls.from_config({k: v for k, v in spec.config.items() if k in accepted})
+
+
+def uses_noise_seeds(scheduler: Any) -> bool:
+    """Whether ``scheduler`` draws its noise from a Brownian tree seeded by ``noise_sampler_seed`` (DPM++
+    SDE) rather than from the pipeline's generators: the runner sets one seed per image, so each image's
+    noise depends on its own seed only, as A1111 does."""
+    return hasattr(scheduler, "noise_sampler_seed")

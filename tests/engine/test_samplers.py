@@ -1,52 +1,75 @@
-"""Every A1111 sampler name runs on the tiny model; unknown names list the valid ones; torch-free names."""
+"""Each (sampler, schedule type) pair builds the diffusers scheduler it stands for; every runnable sampler
+renders on the tiny model; DPM++ SDE's noise follows each image's seed; pairs that differ are not batched."""
 
 from __future__ import annotations
 
+import inspect
+import itertools
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from engine.protocol import DEFAULT_SAMPLER, JobDone, JobFailed
-from engine.sampler_names import SAMPLER_NAMES, UnknownSamplerError, canonical_sampler
-from engine.samplers import make_scheduler
+from engine.protocol import JobDone, JobFailed
+from engine.sampler_names import SAMPLER_NAMES, SAMPLERS, SCHEDULE_NAMES, UnknownSamplerError
+from engine.samplers import ays_sigmas, make_scheduler, scheduler_config
 
 from .conftest import request
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {
-    "DPM++ 2M": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
+SD15 = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}  # SD 1.x's noise schedule
+AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+MULTI = "DPMSolverMultistepScheduler"
+# sampler -> diffusers class and the solver settings that make it that sampler
+CLASSES = {
+    "DPM++ 2M": (MULTI, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
+    "DPM++ 2M SDE": (
+        MULTI,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint"},
     ),
-    "DPM++ 2M Karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    "DPM++ 2M SDE Heun": (
+        MULTI,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
     ),
-    "DPM++ 2M SDE Karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
-    ),
-    "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}),
-    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM++ 2S a": ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "DPM++ 3M SDE": (MULTI, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "Euler": ("EulerDiscreteScheduler", {}),
+    "LMS": ("LMSDiscreteScheduler", {}),
     "Heun": ("HeunDiscreteScheduler", {}),
-    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
     "DDIM": ("DDIMScheduler", {}),
-    "PLMS": ("PNDMScheduler", {}),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
     "UniPC": ("UniPCMultistepScheduler", {}),
     "LCM": ("LCMScheduler", {}),
 }
-
-
-def test_names_are_a1111s_and_default():
-    assert isinstance(SAMPLER_NAMES, tuple) and DEFAULT_SAMPLER in SAMPLER_NAMES
-    assert len(set(SAMPLER_NAMES)) == len(SAMPLER_NAMES) == 19
-    assert canonical_sampler("euler A") == "Euler a" and canonical_sampler(None) == DEFAULT_SAMPLER
-    with pytest.raises(UnknownSamplerError, match="valid samplers: DPM\\+\\+ 2M Karras"):
-        canonical_sampler("k_euler")
+# schedule type -> the config that gives it (flags left out are False)
+FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+SCHEDULES = {
+    "Uniform": {"timestep_spacing": "linspace"},
+    "Normal": {"timestep_spacing": "linspace"},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+    "Simple": {"timestep_spacing": "trailing"},
+    "DDIM": {"timestep_spacing": "leading", "steps_offset": 1},
+    "Karras": {"timestep_spacing": "linspace", "use_karras_sigmas": True},
+    "Exponential": {"timestep_spacing": "linspace", "use_exponential_sigmas": True},
+    "Polyexponential": {"timestep_spacing": "linspace", "use_exponential_sigmas": True},
+    "Beta": {"timestep_spacing": "linspace", "use_beta_sigmas": True},
+    "KL Optimal": {"timestep_spacing": "linspace"},
+    "Align Your Steps": {"timestep_spacing": "linspace"},
+    "Automatic": {"timestep_spacing": "leading"},  # the model's own (the tiny model's PNDM config)
+}
+RUNNABLE = [
+    (s.name, t)
+    for s in SAMPLERS
+    if s.refused is None
+    for t in SCHEDULE_NAMES
+    if t in s.schedules or t == "Automatic"
+]
 
 
 def test_sampler_names_import_without_torch():
@@ -55,14 +78,69 @@ def test_sampler_names_import_without_torch():
     assert proc.returncode == 0, proc.stderr.decode()
 
 
-def test_scheduler_mapping(runner):
+def test_every_pair_gets_its_class_and_config(runner):
     base = runner.pipe.scheduler.config
-    for name, (cls, fields) in EXPECTED.items():
-        sched = make_scheduler(name, base)
-        assert type(sched).__name__.startswith(cls), name
-        for key, value in fields.items():
-            assert sched.config[key] == value, (name, key)
-        assert sched.config.beta_schedule == "scaled_linear" and sched.config.beta_end == 0.012
+    assert set(CLASSES) == set(SAMPLER_NAMES)
+    for sampler, schedule in RUNNABLE:
+        spec = scheduler_config(sampler, schedule, base)
+        cls, fields = CLASSES[sampler]
+        custom = spec.schedule in ("KL Optimal", "Align Your Steps")
+        assert spec.cls_name == ("CustomSigmasEulerScheduler" if custom else cls), (sampler, schedule)
+        expected = {**fields, **SCHEDULES[spec.schedule]}
+        for key in FLAGS:
+            expected.setdefault(key, False)
+        for key, value in expected.items():
+            assert spec.config.get(key, False) == value, (sampler, schedule, key)
+        assert spec.config["beta_schedule"] == "scaled_linear" and spec.config["beta_end"] == 0.012
+    assert len(RUNNABLE) > 100
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [
+        ("DPM2", "Beta"),
+        ("DPM++ 2S a", "Exponential"),
+        ("Euler a", "SGM Uniform"),
+        ("DPM++ 2M SDE Heun", None),
+    ],
+)
+def test_diffusers_takes_the_config(runner, sampler, schedule):
+    spec = scheduler_config(sampler, schedule, runner.pipe.scheduler.config)
+    sched = make_scheduler(sampler, schedule, runner.pipe.scheduler.config)
+    assert type(sched).__name__ == spec.cls_name
+    taken = inspect.signature(type(sched).__init__).parameters
+    assert set(spec.config) - set(taken) <= {"timestep_spacing", "steps_offset"}  # none in single-step
+    for key in taken & spec.config.keys():
+        assert sched.config[key] == spec.config[key], key
+    assert make_scheduler(sampler, schedule, runner.pipe.scheduler.config) is not sched  # a fresh one
+
+
+def test_custom_sigma_lists():
+    sched = make_scheduler("Euler", "Align Your Steps", SD15)
+    sched.set_timesteps(11)  # A1111 uses NVIDIA's published list as is at 11 steps, else interpolates
+    assert [float(s) for s in sched.sigmas] == pytest.approx([*AYS_SD15, 0.0], rel=1e-5)
+    sched.set_timesteps(10)
+    assert [float(s) for s in sched.sigmas] == pytest.approx(ays_sigmas(10), rel=1e-5)
+    sched.set_timesteps(20)
+    sigmas = [float(s) for s in sched.sigmas]
+    assert len(sigmas) == 21 and sigmas[0] == pytest.approx(14.615, abs=1e-3) and sigmas[-1] == 0.0
+    assert all(a > b for a, b in itertools.pairwise(sigmas))
+    kl = make_scheduler("Euler", "KL Optimal", SD15)
+    kl.set_timesteps(8)
+    kl_sigmas = [float(s) for s in kl.sigmas]
+    # evenly spaced in arctan(sigma), from the model's sigma_max down to its sigma_min (not 0), as A1111
+    assert kl_sigmas[0] == pytest.approx(14.615, abs=1e-3) and kl_sigmas[-1] == pytest.approx(
+        0.0292, abs=1e-3
+    )
+    steps = [math.atan(a) - math.atan(b) for a, b in itertools.pairwise(kl_sigmas)]
+    assert len(kl_sigmas) == 9 and max(steps) == pytest.approx(min(steps), rel=1e-3)
+
+
+def test_unrunnable_pairs_are_refused_by_the_builder_too():
+    with pytest.raises(UnknownSamplerError, match="runs its own timesteps"):
+        make_scheduler("DDIM", "Karras", {})
+    with pytest.raises(UnknownSamplerError, match="nearest that runs is `DPM\\+\\+ 2M`"):
+        make_scheduler("DPM adaptive", None, {})
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
@@ -71,9 +149,32 @@ def test_every_sampler_renders(runner, name):
     assert isinstance(res, JobDone), getattr(res, "reason", res)
 
 
-def test_unknown_sampler_fails_the_request(runner):
+def test_a_non_default_pair_renders_and_sde_noise_follows_the_seed(runner):
+    """DPM++ SDE with the Beta schedule, twice from the same seed: the same PNGs. The Brownian tree's seed is
+    set per image (diffusers would draw a random one), so an image depends on its seed only. And Euler with
+    Align Your Steps (a sigma list of its own) renders."""
+    first = runner.run([request("a", sampler="DPM++ SDE", scheduler="Beta", seed=7, count=2)])["a"]
+    again = runner.run([request("b", sampler="DPM++ SDE", scheduler="Beta", seed=7, count=2)])["b"]
+    assert isinstance(first, JobDone) and isinstance(again, JobDone), getattr(first, "reason", first)
+    assert first.images == again.images
+    ays = runner.run([request("c", sampler="Euler", scheduler="Align Your Steps", steps=3)])["c"]
+    assert isinstance(ays, JobDone), getattr(ays, "reason", ays)
+
+
+def test_unknown_names_fail_the_request_naming_the_nearest(runner):
     res = runner.run([request("s", sampler="Euler z")])["s"]
-    assert isinstance(res, JobFailed) and all(n in res.reason for n in SAMPLER_NAMES)
+    assert isinstance(res, JobFailed) and "did you mean `Euler a`?" in res.reason
+    res = runner.run([request("t", sampler="Euler a", scheduler="Karras")])["t"]
+    assert isinstance(res, JobFailed) and "`DPM2 a` or `DPM++ 2S a` run `Karras`" in res.reason
+
+
+def test_the_batch_key_holds_the_schedule_that_runs_and_clip_skip(runner):
+    key = runner.prepare(request("a", sampler="DPM++ 2M Karras")).key
+    assert (key.sampler, key.scheduler, key.clip_skip) == ("DPM++ 2M", "Karras", 0)
+    # Automatic is DPM++ 2M's Karras: one batch; another schedule type or clip skip: another batch
+    assert runner.prepare(request("b", sampler="DPM++ 2M")).key == key
+    assert runner.prepare(request("c", sampler="DPM++ 2M", scheduler="Exponential")).key != key
+    assert runner.prepare(request("d", sampler="DPM++ 2M", clip_skip=2)).key != key
 
 
 def test_lms_coefficients_match_numerical_integration():
@@ -81,7 +182,7 @@ def test_lms_coefficients_match_numerical_integration():
 
     from engine.samplers import _lms_class
 
-    sched = _lms_class().from_config(make_scheduler("LMS", {"beta_schedule": "scaled_linear"}).config)
+    sched = _lms_class().from_config(make_scheduler("LMS", None, {"beta_schedule": "scaled_linear"}).config)
     sched.set_timesteps(10)
     for t in range(3, 8):
         for cur in range(4):
