@@ -83,3 +83,18 @@ def test_env_example_lists_every_setting_with_a_comment():
         assert lines[idx - 1].startswith("#"), f"{spec.name} has no comment in .env.example"
         if spec.default is not None:
             assert lines[idx] == f"{spec.name}={spec.default}", f"{spec.name} default differs"
+
+
+def test_metrics_port_is_off_by_default_and_bound_to_this_machine():
+    s = Settings.from_env({"DISCORD_TOKEN": "abc"}, env_file=None)
+    off = (s.metrics_port, s.metrics_host, s.health_max_wait, s.log_format)
+    assert off == (None, "127.0.0.1", 600, "text")
+    s = Settings.from_env(
+        {"DISCORD_TOKEN": "abc", "METRICS_PORT": "9100", "METRICS_HOST": "0.0.0.0", "LOG_FORMAT": "JSON"},
+        env_file=None,
+    )
+    assert (s.metrics_port, s.metrics_host, s.log_format) == (9100, "0.0.0.0", "json")
+    for name, value in [("METRICS_PORT", "70000"), ("METRICS_PORT", "web"), ("METRICS_HOST", "a b"),
+                        ("LOG_FORMAT", "xml"), ("HEALTH_MAX_WAIT", "0")]:  # fmt: skip
+        with pytest.raises(SettingsError, match=rf"^{name}: "):
+            Settings.from_env({"DISCORD_TOKEN": "abc", name: value}, env_file=None)
