@@ -95,6 +95,8 @@ class _Worker:
     ready: bool = False
     max_batch: int = 1
     inflight: dict[str, int] = field(default_factory=dict)  # job id -> its image count
+    # The models of the jobs it was sent last, most recent last: those its model cache likely holds.
+    recent: dict[str | None, None] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
     failures_before_ready: int = 0
 
@@ -106,6 +108,12 @@ class _Worker:
         if not self.ready:
             return 0
         return max(0, 2 * self.max_batch - sum(self.inflight.values()))
+
+
+def pick_worker(candidates: Sequence[_Worker], model: str | None) -> _Worker:
+    """Of the workers with room, one that ran ``model`` lately (it is likely still loaded there), then the
+    one with the most room for its batch size."""
+    return max(candidates, key=lambda w: (model in w.recent, w.room / w.max_batch))
 
 
 class LocalTransport:
@@ -216,7 +224,11 @@ class LocalTransport:
         candidates = [w for w in self._workers if w.room > 0]
         if not candidates:
             raise RuntimeError("no engine worker has a free slot")  # the manager checks free_slots first
-        worker = max(candidates, key=lambda w: w.room / w.max_batch)
+        worker = pick_worker(candidates, request.model)
+        worker.recent.pop(request.model, None)
+        worker.recent[request.model] = None
+        while len(worker.recent) > self.options.model_cache[0]:
+            del worker.recent[next(iter(worker.recent))]
         worker.inflight[request.job_id] = request.count
         if not await self._send(worker, Submit(request)):
             worker.inflight.pop(request.job_id, None)
