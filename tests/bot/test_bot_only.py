@@ -80,7 +80,7 @@ def test_the_base_install_is_the_bot_without_torch():
 
 async def test_a_local_engine_needs_the_engine_extra(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "ENGINE_"))}
-    env.update(PYTHONPATH=str(ROOT), DISCORD_TOKEN="x", ENGINE_TRANSPORT="local", DEFAULT_SAMPLER="Euler")
+    env.update(PYTHONPATH=str(ROOT), DISCORD_TOKEN="x", ENGINE_TRANSPORT="local")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", BLOCKER, cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
     )
@@ -113,7 +113,6 @@ async def test_a_nats_bot_without_the_engine_stack_serves_imagine_and_metrics(
     env.update(
         ENGINE_TRANSPORT="nats", NATS_URL=nats_server.url, NATS_NAMESPACE=nats_namespace, METRICS_PORT="0",
         LOG_FORMAT="json",
-        DEFAULT_SAMPLER="Euler",
     )  # fmt: skip
     bot = await asyncio.create_subprocess_exec(
         sys.executable, "-c", BLOCKER, cwd=tmp_path, env=env, start_new_session=True,

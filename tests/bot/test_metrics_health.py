@@ -57,9 +57,7 @@ def world(fake_discord):
 
 async def test_scrapes_follow_the_queue_and_health_follows_gateway_workers_and_waits(world, tmp_path):
     fake = world.fake
-    settings = scripted_settings(
-        fake, tmp_path, GUILD_IDS=world.guild.id, METRICS_PORT=0, HEALTH_MAX_WAIT=1, DEFAULT_SAMPLER="Euler"
-    )
+    settings = scripted_settings(fake, tmp_path, GUILD_IDS=world.guild.id, METRICS_PORT=0, HEALTH_MAX_WAIT=1)
     transport = Workers(slots=0)
     guild = str(world.guild.id)
     async with scripted_bot(fake, settings, transport) as bot, aiohttp.ClientSession() as http:
@@ -147,3 +145,33 @@ async def test_scrapes_follow_the_queue_and_health_follows_gateway_workers_and_w
 
         await wait_until(back, "/healthz healthy once the bot is back on the gateway")
         assert inter.deferred
+
+
+async def test_a_result_announced_again_at_start_is_not_counted_again(world, tmp_path):
+    fake = world.fake
+    settings = scripted_settings(fake, tmp_path, GUILD_IDS=world.guild.id, METRICS_PORT=0)
+    undelivered = lambda: query(  # noqa: E731
+        tmp_path, "select count(*) from jobs where state = 'done' and delivered_at is null"
+    )[0][0]
+    outage = fake.faults.outage("*", r"/webhooks/|/messages", status=503)  # the result cannot be posted
+    async with (
+        scripted_bot(fake, settings, Workers(slots=1, auto_finish=True)) as bot,
+        aiohttp.ClientSession() as http,
+    ):
+        port = Port(http, bot.health.port, fake.token)
+        await fake.invoke(
+            "imagine", {"prompt": "a kite", "count": 1}, guild=world.guild, channel=world.channel,
+            user=world.member,
+        )  # fmt: skip
+        await wait_until(lambda: undelivered() == 1, "a finished result Discord refused")
+        before = await port.metrics()
+        assert value(before, "imagine_jobs_finished_total", state="done", kind="txt2img") == 1
+        assert value(before, "imagine_redelivery_backlog") == 1
+    outage.end()
+    async with scripted_bot(fake, settings, Workers()) as bot, aiohttp.ClientSession() as http:
+        port = Port(http, bot.health.port, fake.token)
+        await wait_until(lambda: undelivered() == 0, "the result posted at the next start")
+        after = await port.metrics()
+        # Finished in the last run: not counted again in this one.
+        assert value(after, "imagine_jobs_finished_total", state="done", kind="txt2img") == 0
+        assert value(after, "imagine_images_total") == 0 and value(after, "imagine_redelivery_backlog") == 0
