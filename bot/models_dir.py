@@ -19,7 +19,7 @@ from engine.model_catalog import ModelEntry, catalog, describe, find
 
 def entries(settings: Settings) -> list[ModelEntry]:
     """Every model of MODELS_DIR, sorted by name."""
-    return catalog(settings.models_dir, allow_pickle=settings.allow_pickle_checkpoints)
+    return catalog(settings.models_dir)
 
 
 def choices(settings: Settings, current: str, limit: int = 25) -> list[tuple[str, str]]:
@@ -34,7 +34,7 @@ def entry_for(settings: Settings, name: str | None) -> ModelEntry | None:
     """The model ``name`` of MODELS_DIR; for no name, ``MODEL`` when it is a local file or folder. None
     when there is no such model, or ``MODEL`` is a hub id (its family is the worker's to find out)."""
     if name:
-        return find(settings.models_dir, name, allow_pickle=settings.allow_pickle_checkpoints)
+        return find(settings.models_dir, name)
     path = Path(settings.model).expanduser()
     if not path.exists():
         return None

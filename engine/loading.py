@@ -68,7 +68,7 @@ def resolve_model_name(name: str, models_dir: str | Path | None) -> ModelSource:
             for candidate in [base / clean, *(base / f"{clean}{s}" for s in ALL_SUFFIXES)]:
                 if candidate.is_file() or is_diffusers_folder(candidate):
                     return _source_for_path(candidate)
-    available = list_models(base, allow_pickle=True)
+    available = list_models(base)
     if base is None:
         raise ModelLoadError(f"model {name!r} not found: this worker has no MODELS_DIR to pick models from")
     hint = f"; available: {', '.join(available)}" if available else "; it is empty"
@@ -92,7 +92,7 @@ def resolve_model(spec: str, models_dir: str | Path | None = None) -> ModelSourc
         return _source_for_path(path)
     if re.fullmatch(r"\w[\w.\-]*/\w[\w.\-]*", spec) and not spec.endswith(ALL_SUFFIXES):
         return ModelSource("hub", spec, spec)
-    available = list_models(models_dir, allow_pickle=True)
+    available = list_models(models_dir)
     where = f" in MODELS_DIR {models_dir}" if models_dir is not None else ""
     hint = f"; available: {', '.join(available)}" if available else ""
     raise ModelLoadError(f"model {spec!r} not found{where}: not a file, a diffusers folder or a hub id{hint}")

@@ -61,17 +61,17 @@ def describe(path: str | os.PathLike[str], name: str | None = None) -> ModelEntr
     return _describe(str(target), name or (target.name if target.is_dir() else target.stem), _version(target))
 
 
-def catalog(models_dir: str | Path | None, *, allow_pickle: bool = False) -> list[ModelEntry]:
+def catalog(models_dir: str | Path | None) -> list[ModelEntry]:
     """Every model of ``models_dir``, sorted by name; [] when it is unset or missing."""
     entries = []
-    for name, path in model_paths(models_dir, allow_pickle=allow_pickle).items():
+    for name, path in model_paths(models_dir).items():
         entries.append(describe(path, name))
     return entries
 
 
-def find(models_dir: str | Path | None, name: str, *, allow_pickle: bool = False) -> ModelEntry | None:
+def find(models_dir: str | Path | None, name: str) -> ModelEntry | None:
     """The entry of the model called ``name`` in ``models_dir`` (None: there is none)."""
-    path = model_paths(models_dir, allow_pickle=allow_pickle).get(name)
+    path = model_paths(models_dir).get(name)
     if path is None:
         return None
     return describe(path, name)

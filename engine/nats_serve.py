@@ -172,7 +172,7 @@ def served_models(args: argparse.Namespace, default: str) -> list[str]:
     start: restart the worker after adding models), at most MAX_MODELS."""
     from engine.model_files import list_models
 
-    names = list(dict.fromkeys([default, *list_models(args.models_dir, allow_pickle=args.allow_pickle)]))
+    names = list(dict.fromkeys([default, *list_models(args.models_dir)]))
     if len(names) > MAX_MODELS:
         log.warning("%d models; serving the first %d by name", len(names), MAX_MODELS)
     return names[:MAX_MODELS]

@@ -54,8 +54,8 @@ def test_resolve_model_kinds(tiny_model, models_dir):
     assert resolve_model("tiny-file [0123456789]", models_dir).location == src.location  # A1111 "name [hash]"
     assert resolve_model("tiny-folder", models_dir).kind == "folder"
     assert resolve_model("org/some-model").kind == "hub"
-    assert list_models(models_dir, allow_pickle=True) == ["broken", "tiny-file", "tiny-folder", "tiny-pickle"]
-    assert "tiny-pickle" not in list_models(models_dir)  # what members may pick while pickles are off
+    # Pickles are listed too: they load through the safe unpickler (engine/safe_pickle.py).
+    assert list_models(models_dir) == ["broken", "tiny-file", "tiny-folder", "tiny-pickle"]
     with pytest.raises(ModelLoadError, match="available: broken, tiny-file"):
         resolve_model("nope", models_dir)
     with pytest.raises(ModelLoadError, match="not found"):

@@ -175,9 +175,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     def _check_model(self, name: str | None) -> None:
         if name is None:
             return
-        names = list_models(
-            self.bot.settings.models_dir, allow_pickle=self.bot.settings.allow_pickle_checkpoints
-        )
+        names = list_models(self.bot.settings.models_dir)
         if name not in names:
             listed = ", ".join(names[:15]) if names else "none: this server has no model folder set up"
             raise PolicyError(f"There is no model called `{safe(name, 60)}`. Available: {listed}.")

@@ -297,7 +297,7 @@ async def test_model_autocomplete_and_unknown_model(fake_discord, make_settings,
     models.mkdir()
     write_header_only(models / "dreamshaper_8.safetensors", "sd1")
     write_header_only(models / "v1-5-pruned-emaonly.safetensors", "sd1")
-    (models / "old.ckpt").write_bytes(b"")  # a pickle: not offered unless ALLOW_PICKLE_CHECKPOINTS
+    (models / "old.ckpt").write_bytes(b"")  # a pickle: offered too (it loads through the safe unpickler)
     async with run_bot(make_settings(GUILD_IDS=guild.id, MODELS_DIR=models)):
         auto = await fake.autocomplete(
             "imagine", "model", "dream", {"prompt": "x"}, guild=guild, channel=channel, user=alice
@@ -310,11 +310,12 @@ async def test_model_autocomplete_and_unknown_model(fake_discord, make_settings,
         await everything.wait_response()
         assert [c["value"] for c in everything.autocomplete_choices] == [
             "dreamshaper_8",
+            "old",
             "v1-5-pruned-emaonly",
         ]
 
         unknown = await fake.invoke(
-            "imagine", {"prompt": "x", "model": "old"}, guild=guild, channel=channel, user=alice
+            "imagine", {"prompt": "x", "model": "older"}, guild=guild, channel=channel, user=alice
         )
         await settled(fake, unknown)
         text = refusal(unknown) or ""
