@@ -50,6 +50,9 @@ MODEL_NAME_CHARS = 200
 # 75-token chunks a prompt (or its negative) may encode to, BREAK included: each chunk lengthens the UNet's
 # cross-attention context, so 250 BREAKs made a 19,000-token context (about 5x the UNet's cost).
 PROMPT_CHUNKS = 8
+# Distinct texts one prompt's editing ([a:b:n]) and alternation ([a|b]) may make over its steps: each is
+# encoded on its own, and "[a|b][c|d|e][f|g|h|i|j]" alone makes 30.
+PROMPT_SCHEDULE_TEXTS = 16
 
 UPLOAD_BYTES = 10 * 1024 * 1024  # Discord's per-file limit without boosts: what a member can attach
 PICTURE_SIDE = 8192  # an uploaded picture's width or height, read from its header before decoding
