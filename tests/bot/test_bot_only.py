@@ -170,7 +170,9 @@ async def test_a_nats_bot_without_the_engine_stack_serves_imagine_and_metrics(
                 engine = await r.text()
             assert sample(engine, "imagine_engine_batch_images_count") >= 1
             assert sample(engine, "imagine_engine_batch_images_sum") == 2
-            assert sample(engine, "imagine_engine_steps_total") > 0
+            # One batch of the job's two images, DEFAULT_STEPS=2 (bot_env) steps each.
+            assert sample(engine, "imagine_engine_steps_total") == 2
+            assert sample(engine, "imagine_engine_image_steps_total") == 4
             assert "imagine_engine_gpu_memory_bytes" not in engine  # no CUDA here: absent, not zero
     finally:
         with contextlib.suppress(ProcessLookupError):
