@@ -95,7 +95,9 @@ class BotProcess:
         return "\n".join(self.log[-lines:])
 
 
-def bot_env(fake, tmp_path: Path, model: Path, guild_id: int) -> dict[str, str]:
+def bot_env(
+    fake, tmp_path: Path, model: Path, guild_id: int, database_url: str | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "DEFAULT_", "ENGINE_"))}
     env.update(
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
@@ -104,7 +106,7 @@ def bot_env(fake, tmp_path: Path, model: Path, guild_id: int) -> dict[str, str]:
         DISCORD_API_BASE=fake.api_base,
         DISCORD_GATEWAY_URL=fake.gateway_url,
         GUILD_IDS=str(guild_id),
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        DATABASE_URL=database_url or f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
         OUTPUT_DIR=str(tmp_path / "images"),
         MODEL=str(model),
         DEVICE="cpu",
