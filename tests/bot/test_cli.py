@@ -49,7 +49,8 @@ def test_import_bot_loads_no_torch_and_engine_loads_no_discord():
     code = (
         "import sys, bot.client, bot.__main__, bot.cogs.imagine._cog, bot.cogs.admin, bot.cogs.usage, "
         "bot.transport.nats, bot.metrics, bot.health, bot.charts; "
-        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch','diffusers','transformers')]"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch','diffusers','transformers')]; "
+        "assert 'matplotlib' not in sys.modules"  # a second to import: only when a chart is drawn
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
     code = (
