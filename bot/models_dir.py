@@ -54,10 +54,18 @@ def base_defaults(settings: Settings) -> Defaults:
 
 
 def job_defaults(settings: Settings, entry: ModelEntry | None) -> Defaults:
-    """The defaults of a job on ``entry``'s model (the settings' own when its family is unknown)."""
+    """The defaults of a job on ``entry``'s model (the settings' own when its family is unknown): its
+    family's size and aspect buckets, and its own steps, CFG and sampler where it has them (a sidecar's;
+    SD 2.x's and SDXL's family defaults; SD 1.x models otherwise take the DEFAULT_* settings)."""
     base = base_defaults(settings)
     if entry is None or entry.family is None or entry.native_size is None:
         return base
+    base = replace(
+        base,
+        steps=entry.steps or base.steps,
+        cfg=entry.cfg if entry.cfg is not None else base.cfg,
+        sampler=entry.sampler or base.sampler,
+    )
     if entry.family is Family.SD1 and entry.native_size == FAMILY_DEFAULTS[Family.SD1].native_size:
         return base  # DEFAULT_SIZE is the admin's choice for the SD 1.x models (and the aspects it gives)
     return replace(base, size=entry.native_size, buckets=tuple(aspect_buckets(entry.native_size)))

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from engine.families import Family, UnknownFamilyError, detect_family, model_defaults, sidecar_path
+from engine.families import (
+    Family,
+    UnknownFamilyError,
+    detect_family,
+    model_defaults,
+    sidecar_overrides,
+    sidecar_path,
+)
 from engine.model_files import model_paths
 
 log = logging.getLogger(__name__)
@@ -25,6 +32,11 @@ class ModelEntry:
     family: Family | None  # None: the file is no model this engine can run (``problem`` says why)
     native_size: int | None  # the side of its square default picture (a sidecar may change it)
     problem: str = ""
+    # A job's defaults on this model where they are its own (its sidecar's, or its family's beyond SD 1.x,
+    # whose defaults are the bot's settings); None: the bot's setting.
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
 
     @property
     def label(self) -> str:
@@ -41,7 +53,16 @@ def _describe(path: str, name: str, version: tuple[int, ...]) -> ModelEntry:
     except (UnknownFamilyError, OSError) as exc:
         log.info("model %s is not usable: %s", name, exc)
         return ModelEntry(name, None, None, str(exc)[:200])
-    return ModelEntry(name, family, defaults.native_size)
+    # An SD 1.x model's defaults are the bot's settings unless its sidecar names its own.
+    own = set(sidecar_overrides(path)) if family is Family.SD1 else {"steps", "cfg", "sampler"}
+    return ModelEntry(
+        name,
+        family,
+        defaults.native_size,
+        steps=defaults.steps if "steps" in own else None,
+        cfg=defaults.cfg if "cfg" in own else None,
+        sampler=defaults.sampler if "sampler" in own else None,
+    )
 
 
 def _version(path: Path) -> tuple[int, ...]:

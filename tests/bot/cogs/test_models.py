@@ -18,6 +18,9 @@ def models(tmp_path):
     folder = tmp_path / "Stable-diffusion"
     folder.mkdir()
     write_header_only(folder / "juggernautXL.safetensors", "sdxl")
+    (folder / "juggernautXL.json").write_text(
+        '{"steps": 30, "cfg": 5, "description": "A1111 keeps its notes here"}'
+    )
     write_header_only(folder / "dreamshaper_8.safetensors", "sd1")
     write_header_only(folder / "v2-1_768.safetensors", "sd2")
     (folder / "broken.safetensors").write_bytes(b"not a checkpoint")
@@ -91,12 +94,12 @@ async def test_the_guild_default_model_and_its_family_size_are_used_by_imagine(
         )
         assert refusal(inter) is None
         await fake.wait_until(lambda: len(transport.submitted) == 4, timeout=10)
-        sent = [(r.model, r.width, r.height) for r in transport.submitted]
+        sent = [(r.model, r.width, r.height, r.steps, r.cfg_scale) for r in transport.submitted]
         assert sent == [
-            ("juggernautXL", 1024, 1024),  # the guild's default model, at SDXL's native size
-            ("juggernautXL", 1344, 768),  # --ar 16:9: SDXL's bucket
-            ("dreamshaper_8", 64, 64),  # a named SD 1.x model: DEFAULT_SIZE
-            (None, 64, 64),  # another guild: the bot's MODEL
+            ("juggernautXL", 1024, 1024, 30, 5.0),  # the guild's default: SDXL's size, its sidecar's steps
+            ("juggernautXL", 1344, 768, 30, 5.0),  # --ar 16:9: SDXL's bucket
+            ("dreamshaper_8", 64, 64, 2, 7.0),  # a named SD 1.x model: DEFAULT_SIZE, DEFAULT_STEPS
+            (None, 64, 64, 2, 7.0),  # another guild: the bot's MODEL
         ]
 
         cleared = await _run(fake, "default-model", {}, subcommand="clear", user=admin, **here)
