@@ -32,7 +32,15 @@ def _job(job_id="j1", **kw):
     )
 
 
-async def test_migrations_create_every_table_match_the_models_and_are_idempotent(database_url):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+async def test_migrations_create_every_table_match_the_models_and_are_idempotent(empty_database_url):
+    database_url = empty_database_url
     db = Database(database_url)
     await db.migrate()
     await db.migrate()  # a second start applies nothing and breaks nothing
