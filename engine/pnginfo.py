@@ -26,10 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine import sampler_names
+
 # Not a PEP 440 version on purpose: A1111 applies its old-version rules (old prompt-editing timelines,
 # downcast alphas) to texts whose Version parses as older than its own (_backcompat).
 ENGINE_VERSION = "imaginebot-0.1.0"
-AUTOMATIC = "Automatic"  # A1111's Schedule type that lets the sampler choose
+AUTOMATIC = sampler_names.AUTOMATIC  # A1111's Schedule type that lets the sampler choose
 
 # A1111's modules/infotext_utils.py
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -302,12 +304,17 @@ def recall_parameters(text: str) -> RecalledParameters:
 
 
 def recall_sampler(sampler: str | None, schedule_type: str | None) -> tuple[str | None, str]:
-    """A1111's reading of ``Sampler`` and ``Schedule type``: a schedule type at the end of the sampler
-    name (the pre-1.9 combined names) wins over the field; a missing one is Automatic."""
-    schedule = schedule_type or AUTOMATIC
+    """A1111's reading of ``Sampler`` and ``Schedule type`` (:func:`engine.sampler_names.a1111_reading`):
+    a pre-1.9 combined name (``DPM++ 2M Karras``, ``Euler a Exponential``) is split and its schedule type
+    wins over the field; a schedule type that is the sampler's own default reads as Automatic, as does a
+    missing one. A name the engine does not know is kept as written (the request then says what is valid)."""
     if sampler is None:
-        return None, schedule
-    return sampler, schedule
+        return None, schedule_type or AUTOMATIC
+    try:
+        sampler_names.canonical_sampler(sampler)
+    except sampler_names.UnknownSamplerError:  # A1111 would silently use its default sampler instead
+        return sampler, schedule_type or AUTOMATIC
+    return sampler_names.a1111_reading(sampler, schedule_type)
 
 
 def read_png_parameters(data: bytes) -> str | None:

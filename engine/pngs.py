@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from engine import bounds, pnginfo
+from engine import bounds, pnginfo, sampler_names
 from engine.jobs import Job
 from engine.loras import LoraError, LoraLibrary
 from engine.protocol import JobKind
@@ -88,7 +88,7 @@ def png_parameters(job: Job, index: int, model_hash: str | None, loras: LoraLibr
     """A1111's PNG info of image ``index`` of ``job`` (``model_hash``: None when unknown). engine/README.md
     ("PNG info") says which fields are written when, and why."""
     req, key = job.request, job.key
-    sampler, schedule_type = sampler_fields(key.sampler, req.scheduler)
+    sampler, schedule_type = sampler_fields(job)
     width, height = key.width, key.height
     extras: dict[str, Any] = {}
     if key.kind != JobKind.TXT2IMG:
@@ -122,11 +122,21 @@ def png_parameters(job: Job, index: int, model_hash: str | None, loras: LoraLibr
     )
 
 
-def sampler_fields(sampler: str, scheduler: str) -> tuple[str, str]:
-    """``Sampler`` and ``Schedule type`` as A1111 1.10 writes them: the sampler's own name, and the schedule
-    it actually ran (``Automatic`` resolved to the sampler's default), or Automatic for samplers that have
-    no choice of schedule."""
-    return sampler, scheduler or pnginfo.AUTOMATIC
+def sampler_fields(job: Job) -> tuple[str, str]:
+    """``Sampler`` and ``Schedule type`` as A1111 1.10 writes them: the sampler's name and the schedule
+    type that ran (``key.scheduler``: Automatic resolved to the sampler's default, e.g. Karras). A1111
+    writes the request's ``Automatic`` instead where the sampler has no default schedule of its own (it then
+    runs the model's sigmas, which are the Uniform schedule) or runs its own timesteps."""
+    key, req = job.key, job.request
+    try:  # the schedule type asked for: at the end of a combined name, else the request's field
+        _, asked = sampler_names.split_combined(sampler_names.canonical_sampler(req.sampler))
+        asked = asked or sampler_names.schedule_label(req.scheduler)
+    except sampler_names.UnknownSamplerError:  # cannot happen for a prepared job; write what ran
+        asked = key.scheduler
+    own = next((s.default_schedule for s in sampler_names.SAMPLERS if s.name == key.sampler), None)
+    if asked == sampler_names.AUTOMATIC and own is None:
+        return key.sampler, sampler_names.AUTOMATIC
+    return key.sampler, key.scheduler
 
 
 def hires_fields(job: Job) -> tuple[int, int, dict[str, Any]]:

@@ -406,10 +406,39 @@ def test_grid_text_is_the_first_images_with_every_seed() -> None:
 def test_recall_reads_schedule_type_and_clip_skip() -> None:
     rec = recall_parameters(CONFORMANCE[1][1])
     assert (rec.sampler, rec.scheduler, rec.clip_skip, rec.seed) == ("Euler a", "Automatic", 2, 42)
+    # As A1111 reads them: Karras is DPM++ 2M's own schedule (Automatic); a missing Clip skip is 1.
     rec = recall_parameters(CONFORMANCE[0][1])
-    assert (rec.sampler, rec.scheduler, rec.clip_skip) == ("DPM++ 2M", "Karras", 1)  # missing: A1111's 1
+    assert (rec.sampler, rec.scheduler, rec.clip_skip) == ("DPM++ 2M", "Automatic", 1)
     plain = recall_parameters("just a prompt")
     assert (plain.prompt, plain.scheduler, plain.clip_skip) == ("just a prompt", None, None)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule_type", "expected"),
+    [
+        ("DPM++ 2M Karras", None, ("DPM++ 2M", "Automatic")),  # pre-1.9: Karras was its only form
+        ("DPM++ 2M SDE Karras", None, ("DPM++ 2M SDE", "Karras")),  # not its default (Exponential)
+        ("Euler Karras", "Automatic", ("Euler", "Karras")),  # the name's schedule wins over the field
+        ("DPM++ 2M SDE", "Exponential", ("DPM++ 2M SDE", "Automatic")),
+        ("Euler a", "Uniform", ("Euler a", "Uniform")),
+        ("Some Sampler", "Karras", ("Some Sampler", "Karras")),  # unknown here: kept, the request says why
+    ],
+)
+def test_recall_splits_old_combined_sampler_names(
+    sampler: str, schedule_type: str | None, expected: tuple[str, str]
+) -> None:
+    text = format_parameters(
+        prompt="a",
+        steps=20,
+        sampler=sampler,
+        schedule_type=schedule_type,
+        cfg_scale=7,
+        seed=1,
+        width=8,
+        height=8,
+    )
+    rec = recall_parameters(text)
+    assert (rec.sampler, rec.scheduler) == expected
 
 
 # ------------------------------------------------------------------------------ engine texts, real jobs
@@ -445,9 +474,16 @@ def test_engine_images_read_back_in_a1111(runner) -> None:
         got = parse_generation_parameters(read_png_parameters(image.png) or "")
         assert got["Prompt"] == "a fox, (red:1.2) BREAK snow" and got["Seed"] == str(40 + i)
         assert got["RNG"] == "CPU" and got["Clip skip"] == "2" and got["Steps"] == "2"
-        assert got["Sampler"] and got["Schedule type"]  # the engine's sampler and its resolved schedule
+        # A1111 1.10 reads a plain "DPM++ 2M" as Karras, and so does the engine: it says so.
+        assert (got["Sampler"], got["Schedule type"]) == ("DPM++ 2M", "Karras")
         assert "Denoising strength" not in got and "Old prompt editing timelines" not in got
         assert a1111_txt2img_size(got) == _png_size(image.png) == (64, 64)
+
+    # A sampler without a schedule of its own, on Automatic: A1111 writes Automatic (the model's sigmas).
+    euler = runner.run([request("e", sampler="Euler a", steps=1)])["e"]
+    assert isinstance(euler, JobDone)
+    got = parse_generation_parameters(read_png_parameters(euler.images[0].png) or "")
+    assert (got["Sampler"], got["Schedule type"]) == ("Euler a", "Automatic")
 
     # U1: the first picture upscaled 2x at 0.35, as the bot asks for it.
     up = runner.run(
