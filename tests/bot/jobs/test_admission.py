@@ -1,4 +1,5 @@
-"""Admission against a real (temporary) SQLite database: bans, blocklist, quotas, reservations."""
+"""Admission against a real (temporary) SQLite, then PostgreSQL, database: bans, blocklist, quotas,
+reservations."""
 
 import asyncio
 import contextlib
@@ -37,8 +38,8 @@ class Clock:
 
 
 @pytest.fixture
-async def env(tmp_path):
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+async def env(database_url):  # each test on SQLite and on PostgreSQL (tests/pg.py)
+    db = Database(database_url)
     await db.migrate()
     yield db
     await db.close()
