@@ -59,7 +59,7 @@ async def test_sdxl_and_sd15_in_one_models_dir(
     async with run_bot(settings):
         inter = await fake.invoke(
             "imagine",
-            {"prompt": "a lighthouse", "model": "tiny-xl", "count": 1},
+            {"prompt": "a lighthouse", "model": "tiny-xl", "count": 1, "steps": 2},
             guild=guild,
             channel=channel,
             user=alice,
