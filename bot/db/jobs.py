@@ -1,5 +1,7 @@
 """Job queries. Every state transition is a conditional UPDATE (``WHERE state IN ...``), so a transition
-applied twice (a result delivered twice, a restart racing a worker) changes the row once."""
+applied twice (a result delivered twice, a restart racing a worker) changes the row once. That one statement
+is also the claim: on PostgreSQL a second UPDATE of the row waits for the first and then finds the state
+moved, so no job is taken by a SELECT first and no ``FOR UPDATE`` lock is needed."""
 
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ class Sessions:
     connections wait for each other in SQLite's busy handler, which sleeps up to 100 ms a try: in
     100-command bursts that put a second on the slowest intakes (BENCHMARKS.md, finding 3). An asyncio lock
     hands the turn over at once instead, and a cancelled task gives it back on the way out. Readers (WAL)
-    never wait."""
+    never wait. PostgreSQL would let writers run side by side, but the turns cost it little and keep one
+    behaviour on both."""
 
     def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
         self._maker = maker
@@ -66,7 +67,9 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(url)
+        # A server (PostgreSQL) may restart under the bot: check a pooled connection before handing it out,
+        # rather than fail the first request on each dead one.
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = Sessions(async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession))
