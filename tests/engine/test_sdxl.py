@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from engine.families import Family, detect_family, model_defaults
-from engine.protocol import JobDone, JobFailed, JobKind
+from engine.protocol import JobDone, JobFailed, JobKind, JobProgress
 
 from .conftest import request
 
@@ -48,8 +48,13 @@ def test_sdxl_draws_at_its_native_size_with_emphasis_and_break(sdxl_runner, tiny
     plain = request(
         "plain", prompt="a red fox", negative_prompt="blurry", width=native, height=native, count=2
     )
-    a1111 = request("a1111", prompt="a (red:1.4) fox BREAK snow", width=native, height=native)
-    results = sdxl_runner.run([plain, a1111])
+    a1111 = request(
+        "a1111", prompt="a (red:1.4) fox BREAK snow", width=native, height=native, preview_every=1
+    )
+    events: list[object] = []
+    results = sdxl_runner.run([plain, a1111], on_event=events.append)
+    previews = [e.preview for e in events if isinstance(e, JobProgress) and e.preview]
+    assert previews and Image.open(io.BytesIO(previews[0])).size[0] > 0  # SDXL's linear latent factors
     for job_id in ("plain", "a1111"):
         done = results[job_id]
         assert isinstance(done, JobDone), done
