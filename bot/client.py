@@ -59,6 +59,7 @@ def make_transport(settings: Settings) -> Transport:
             max_batch=settings.engine_max_batch,
             models_dir=str(settings.models_dir) if settings.models_dir else None,
             lora_dir=str(settings.lora_dir) if settings.lora_dir else None,
+            embeddings_dir=str(settings.embeddings_dir) if settings.embeddings_dir else None,
             allow_pickle=settings.allow_pickle_checkpoints,
             extra_args=settings.engine_args,
             safety_checker=settings.safety_checker or None,

@@ -204,7 +204,19 @@ SPECS: tuple[Spec, ...] = (
         "",
         "Folder of LoRA files for <lora:name:weight> in prompts (default: a Lora folder beside MODELS_DIR)",
     ),
-    Spec("ALLOW_PICKLE_CHECKPOINTS", _bool, "false", "Allow .ckpt files (pickles run code when loaded)"),
+    Spec(
+        "EMBEDDINGS_DIR",
+        _str,
+        "",
+        "Folder of textual-inversion embeddings used by file name in prompts "
+        "(default: an embeddings folder beside MODELS_DIR's models/, as in A1111)",
+    ),
+    Spec(
+        "ALLOW_PICKLE_CHECKPOINTS",
+        _bool,
+        "false",
+        "Read pickles (.ckpt/.pt/.bin) that the safe unpickler refuses with the full one (runs their code)",
+    ),
     Spec("DEVICE", _device, "auto", "auto, cpu, mps, cuda or cuda:N"),
     Spec(
         "DTYPE",
@@ -287,6 +299,7 @@ class Settings:
     model: str
     models_dir: Path | None
     lora_dir: Path | None
+    embeddings_dir: Path | None
     allow_pickle_checkpoints: bool
     device: str
     dtype: str
@@ -369,6 +382,9 @@ class Settings:
         lora_dir = Path(p["LORA_DIR"]).expanduser() if p["LORA_DIR"] else None
         if lora_dir is not None and not lora_dir.is_dir():
             raise SettingsError(f"LORA_DIR: {lora_dir} is not a folder")
+        embeddings_dir = Path(p["EMBEDDINGS_DIR"]).expanduser() if p["EMBEDDINGS_DIR"] else None
+        if embeddings_dir is not None and not embeddings_dir.is_dir():
+            raise SettingsError(f"EMBEDDINGS_DIR: {embeddings_dir} is not a folder")
         credentials = {
             "NATS_USER": p["NATS_USER"],
             "NATS_PASSWORD": p["NATS_PASSWORD"].get(),
@@ -390,6 +406,7 @@ class Settings:
             model=p["MODEL"],
             models_dir=models_dir,
             lora_dir=lora_dir,
+            embeddings_dir=embeddings_dir,
             allow_pickle_checkpoints=p["ALLOW_PICKLE_CHECKPOINTS"],
             device=p["DEVICE"],
             dtype=p["DTYPE"],

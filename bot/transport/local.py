@@ -45,6 +45,7 @@ class WorkerOptions:
     max_batch: int = 4
     models_dir: str | None = None
     lora_dir: str | None = None
+    embeddings_dir: str | None = None
     allow_pickle: bool = False
     extra_args: Sequence[str] = ()
     safety_checker: str | None = None  # SAFETY_CHECKER: checks images of jobs that ask for it
@@ -80,6 +81,8 @@ class WorkerOptions:
             cmd += ["--models-dir", self.models_dir]
         if self.lora_dir:
             cmd += ["--lora-dir", self.lora_dir]
+        if self.embeddings_dir:
+            cmd += ["--embeddings-dir", self.embeddings_dir]
         if self.allow_pickle:
             cmd.append("--allow-pickle")
         if self.safety_checker:

@@ -26,8 +26,9 @@ from bot.jobs.policy import (
     resolve,
 )
 from engine import bounds, pictures
+from engine import embeddings as ti
 from engine import loras as lora_tags
-from engine.model_files import list_models
+from engine.model_files import list_embeddings, list_models
 from engine.protocol import JobKind
 from engine.sampler_names import SAMPLER_NAMES
 
@@ -43,7 +44,8 @@ Inline flags work too, Midjourney style — options win over flags:
 > `/imagine portrait of a cat, oil painting --steps 30 --cfg 6.5 --sampler Euler a --count 2`
 Under a result: **U1–U4** upscale that picture 2×, **V1–V4** make four variations of it, {REROLL} runs
 the same prompt with a new seed (reacting {REROLL} does too), ℹ️ shows the parameters, 🗑️ deletes.
-A1111 prompt syntax works: `(word:1.3)`, `[word]`, `BREAK`, and `<lora:name:0.8>` (**/loras** lists them).
+A1111 prompt syntax works: `(word:1.3)`, `[word]`, `BREAK`, and `<lora:name:0.8>` (**/loras** lists them);
+an embedding's name as a word of the prompt or `negative` applies it (**/embeddings** lists them).
 Every picture keeps its A1111 `parameters` — drop it into AUTOMATIC1111's PNG Info tab.
 **/usage** shows what you have made and what is left today; **/cancel** stops a job of yours.
 Admins: **/limits**, **/ban**, **/blocklist**, **/queue**, **/stats**, **/default-model**."""
@@ -169,6 +171,32 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 example = f"`/imagine a lighthouse at dusk <lora:{names[0]}:0.8>`"
                 text = lines_within(
                     [f"Add one to a prompt like this: {example}", *(f"• `{n}`" for n in names)]
+                )
+        await reply(interaction, text)
+
+    @app_commands.command(
+        name="embeddings", description="The textual-inversion embeddings you can name in a prompt"
+    )
+    async def embeddings(self, interaction: discord.Interaction) -> None:
+        s = self.bot.settings
+        if s.engine_transport != "local":
+            text = "Embeddings live on the GPU workers here; ask an admin which ones they have."
+        else:
+            await interaction.response.defer(ephemeral=True, thinking=True)  # before walking the folder
+            folder = ti.default_folder(s.embeddings_dir, s.models_dir)
+            names = await asyncio.to_thread(list_embeddings, folder)
+            if not names:
+                text = (
+                    "This server has no embeddings set up "
+                    "(an admin can point `EMBEDDINGS_DIR` at a folder of them)."
+                )
+            else:
+                example = f"`/imagine a lighthouse at dusk --no {names[0]}`"
+                text = lines_within(
+                    [
+                        f"Write a name as a word of the prompt or negative: {example}",
+                        *(f"• `{n}`" for n in names),
+                    ]
                 )
         await reply(interaction, text)
 
