@@ -23,6 +23,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -76,29 +77,51 @@ class LoraError(ValueError):
     """A LoRA a request names cannot be used; the message says why and what there is."""
 
 
-def check_family(path: Path, pipe: Any) -> None:
-    """Raise LoraError when the LoRA at ``path`` was made for another model family than ``pipe``'s (its
-    metadata or key names say which: engine/families.py), or for a text context of another width. Reads
-    the ``.safetensors`` header only; a pickle cannot be looked into without loading it."""
-    if path.suffix.lower() not in SAFE_SUFFIXES:
-        return
+@lru_cache(maxsize=512)
+def _made_for(path: Path, version: tuple[int, int]) -> tuple[families.Family | None, int | None]:
+    """(family, text context width) a LoRA file says it was made for, from its header (cached per version
+    of the file: every request naming it asks)."""
     try:
         header = families.read_safetensors_header(path)
     except (OSError, ValueError) as exc:
         raise LoraError(f"LoRA {path.stem!r} is not a readable .safetensors file: {exc}") from exc
+    return families.lora_family(header), families.context_dim(header)
+
+
+def made_for(path: Path) -> tuple[families.Family | None, int | None]:
+    """What :func:`_made_for` says of ``path``; (None, None) for a pickle, which cannot be looked into
+    without loading it."""
+    if path.suffix.lower() not in SAFE_SUFFIXES:
+        return None, None
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise LoraError(f"LoRA {path.stem!r} cannot be read: {exc}") from exc
+    return _made_for(path, (st.st_size, st.st_mtime_ns))
+
+
+def check_model_family(path: Path, family: families.Family) -> None:
+    """Raise LoraError when the LoRA at ``path`` says it was made for another family than ``family``."""
+    lora_family, _ = made_for(path)
+    if lora_family is not None and lora_family is not family:
+        raise LoraError(
+            f"LoRA {path.stem!r} is made for {lora_family.label} models and this model is {family.label}; "
+            f"pick a {family.label} LoRA, or a {lora_family.label} model"
+        )
+
+
+def check_family(path: Path, pipe: Any) -> None:
+    """Raise LoraError when the LoRA at ``path`` was made for another model family than ``pipe``'s (its
+    metadata or key names say which: engine/families.py), or for a text context of another width. Reads
+    the ``.safetensors`` header only."""
     width = pipe.unet.config.cross_attention_dim
     if getattr(pipe, "text_encoder_2", None) is not None:
         family = families.Family.SDXL
     else:
         family = families.Family.SD2 if width == 1024 else families.Family.SD1
-    made_for = families.lora_family(header)
-    if made_for is not None and made_for is not family:
-        raise LoraError(
-            f"LoRA {path.stem!r} is made for {made_for.label} models and this model is {family.label}; "
-            f"pick a {family.label} LoRA, or a {made_for.label} model"
-        )
-    dim = families.context_dim(header)
-    if made_for is None and dim is not None and dim != width:
+    check_model_family(path, family)
+    lora_family, dim = made_for(path)
+    if lora_family is None and dim is not None and dim != width:
         raise LoraError(
             f"LoRA {path.stem!r} is made for another kind of model than this {family.label} one "
             f"(its text context is {dim} wide, the model's {width})"
@@ -213,10 +236,13 @@ class LoraLibrary:
         listed = ", ".join(names[:25]) + (" …" if len(names) > 25 else "") if names else "none"
         raise LoraError(f"unknown LoRA {name!r}; available: {listed}")
 
-    def check(self, loras: Loras) -> None:
-        """Raise LoraError unless every LoRA named is there (before a request is queued)."""
+    def check(self, loras: Loras, family: families.Family | None = None) -> None:
+        """Raise LoraError unless every LoRA named is there and, when the model's ``family`` is known, made
+        for it (before a request is queued)."""
         for lora in loras:
-            self.resolve(lora.name)
+            path = self.resolve(lora.name)
+            if family is not None:
+                check_model_family(path, family)
 
     def hashes(self, loras: Loras) -> str | None:
         """A1111's ``Lora hashes`` PNG-info value (``name: hash, name: hash``), by which sites such as

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from engine import bounds, loading, pictures, prompts
+from engine import bounds, loading, model_catalog, pictures, prompts
 from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.jobs import BatchKey, Job, JobBook
@@ -90,7 +90,10 @@ def prepare_job(
         init = init.resize((width, height), Image.Resampling.LANCZOS)
     try:
         text, named = loras_mod.extract(request.prompt)
-        loras.check(named)
+        # A LoRA of another family is refused here, before the job waits in a queue (and again before
+        # any weight changes, by the width of its layers: engine/loras.py).
+        family = model_catalog.describe(source.location).family if named and source.kind != "hub" else None
+        loras.check(named, family)
     except loras_mod.LoraError as exc:
         raise RequestError(str(exc)) from exc
     # Embeddings named in either text: each must load; chunks are counted with their vectors in place.
