@@ -22,9 +22,11 @@ def _settled(inter: Any) -> bool:
     return not inter.original.loading
 
 
-async def settled(fake: Any, inter: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+async def settled(fake: Any, inter: Any, timeout: float = 60.0) -> Any:  # noqa: ASYNC109
     """Wait until the bot has answered ``inter`` for good: a direct response, a defer filled in (the job
-    went ahead), or a defer withdrawn with a private note (refused). Returns ``inter``."""
+    went ahead), or a defer withdrawn with a private note (refused). Returns ``inter``. ``timeout`` is a
+    liveness bound, generous: /usage and /stats draw a chart first (matplotlib's first import in a process
+    takes seconds on a loaded machine)."""
     await inter.wait_response(timeout)
     await fake.wait_until(lambda: _settled(inter), timeout)
     return inter

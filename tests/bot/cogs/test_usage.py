@@ -22,9 +22,7 @@ async def run(world, name, options=None, *, user, channel=None):
     inter = await world.fake.invoke(
         name, options or {}, guild=world.guild, channel=channel or world.channel, user=user
     )
-    # Acknowledged first, answered after the database read and the chart (matplotlib's first import takes
-    # seconds on a loaded machine): a generous bound on the answer's coming at all.
-    await settled(world.fake, inter, timeout=60)
+    await settled(world.fake, inter)  # acknowledged first, answered after the database read and the chart
     return inter
 
 
