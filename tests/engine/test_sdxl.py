@@ -122,6 +122,22 @@ def test_an_sdxl_lora_applies_and_an_sd15_lora_is_refused_before_any_weight_chan
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_lora_that_says_it_is_for_sd15_is_refused_before_it_is_queued(
+    sdxl_runner, sdxl_lora_dir: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from engine.requests import RequestError
+
+    # kohya's metadata names the base model; the check reads the header only.
+    meta = {"ss_base_model_version": "sd_v1"}
+    save_file(
+        {"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(sdxl_lora_dir / "kohya15.safetensors"), meta
+    )
+    with pytest.raises(RequestError, match=r"made for SD 1\.x models and this model is SDXL"):
+        sdxl_runner.prepare(request("k", prompt="a cat <lora:kohya15:0.8>"))
+
+
 def test_an_sdxl_single_file_loads_offline_as_sdxl(tiny_sdxl_dir: Path, tiny_sdxl_file: Path) -> None:
     from engine.loading import load_pipeline, pipeline_family, resolve_model
 
