@@ -133,3 +133,33 @@ def test_the_folder_defaults_to_a1111s_layout_and_names_are_bounded(tmp_path):
     assert library.find("e1, e2 and E1") == ("e1", "e2")
     with pytest.raises(embeddings.EmbeddingError, match="at most 16 embeddings"):
         library.find(" ".join(f"e{i}" for i in range(embeddings.MAX_PER_REQUEST + 1)))
+
+
+def test_an_sdxl_embedding_applies_to_both_text_encoders(tiny_sdxl_dir, tmp_path):
+    from engine.runner import Runner
+    from engine.tiny_sdxl import TEXT_2_WIDTH
+
+    gen = torch.Generator().manual_seed(2)
+    vectors = {
+        "clip_l": torch.randn(2, WIDTH, generator=gen),
+        "clip_g": torch.randn(2, TEXT_2_WIDTH, generator=gen),
+    }
+    save_file(vectors, str(tmp_path / "xlstyle.safetensors"))
+    r = Runner(tiny_sdxl_dir, device="cpu", max_batch=1, embeddings_dir=tmp_path)
+    seen: dict[str, list[torch.Tensor]] = {"clip_l": [], "clip_g": []}
+    hooks = [
+        encoder.get_input_embeddings().register_forward_hook(
+            lambda _m, _a, out, key=key: seen[key].append(out.detach().clone())
+        )
+        for key, encoder in (("clip_l", r.pipe.text_encoder), ("clip_g", r.pipe.text_encoder_2))
+    ]
+    try:
+        done = r.run([request("x", prompt="a (xlstyle:1.1) house")])["x"]
+    finally:
+        for hook in hooks:
+            hook.remove()
+        r.close()
+    assert isinstance(done, JobDone), done
+    assert _contains_rows(seen["clip_l"], vectors["clip_l"]) and _contains_rows(
+        seen["clip_g"], vectors["clip_g"]
+    )
