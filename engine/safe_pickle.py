@@ -68,6 +68,15 @@ class Dropped:
         return "<dropped>"
 
 
+class Kept(Dropped):
+    """What an allowed container module unpickles to (``nn.ParameterDict``, in which old A1111 embeddings
+    keep their vectors): its pickled attributes, such as ``_parameters``, as plain data, and no behaviour."""
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, dict):
+            self.__dict__.update({str(k): v for k, v in state.items()})
+
+
 # The globals A1111's restricted unpickler allows beyond torch's own list, as inert stand-ins.
 _STAND_IN_NAMES = (
     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
@@ -83,7 +92,11 @@ _STAND_IN_NAMES = (
 
 
 def _stand_ins() -> list[Any]:
-    return [(Dropped, name) for name in _STAND_IN_NAMES] + [(set, "__builtin__.set")]
+    return [
+        *((Dropped, name) for name in _STAND_IN_NAMES),
+        (Kept, "torch.nn.modules.container.ParameterDict"),
+        (set, "__builtin__.set"),
+    ]
 
 
 @contextmanager

@@ -34,8 +34,10 @@ class _RunsCode:
 def emb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("embeddings")
     gen = torch.Generator().manual_seed(0)
-    # A1111's own layout (a pickle of tensors and plain values: read by the safe unpickler), 2 vectors.
-    ink = {"string_to_token": {"*": 265}, "string_to_param": {"*": torch.randn(2, WIDTH, generator=gen) * 3}}
+    # A1111's own layout as older versions saved it (an nn.ParameterDict: the safe unpickler's stand-in
+    # keeps its vectors), 2 vectors.
+    vectors = torch.nn.Parameter(torch.randn(2, WIDTH, generator=gen) * 3)
+    ink = {"string_to_token": {"*": 265}, "string_to_param": torch.nn.ParameterDict({"*": vectors})}
     torch.save({**ink, "name": "InkEmb", "step": 500}, d / "InkEmb.pt")
     (d / "neg").mkdir()  # subfolders are searched, as A1111 does
     save_file(
