@@ -3,12 +3,14 @@ flags, a restart between result and click, an expired token, a small upload limi
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sqlite3
+from pathlib import Path
 
 from PIL import Image
 
-from engine.pnginfo import read_png_parameters
+from engine.pnginfo import parse_generation_parameters, read_png_parameters
 from tests.bot.answers import answer, refusal, settled
 from tests.bot.model_headers import write_header_only
 from tests.waiting import wait_until
@@ -64,6 +66,7 @@ async def test_result_buttons_and_reaction(fake_discord, make_settings, run_bot,
     guild, channel, alice, bob = _world(fake)
     async with run_bot(make_settings(GUILD_IDS=guild.id)):
         _, result = await _imagine(fake, guild, channel, alice, "a red fox --seed 100")
+        grid_text = read_png_parameters(result.attachments[0].data)
         labels = {b.get("label") or b["emoji"]["name"] for b in result.buttons()}
         assert {"U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", REROLL, "ℹ️", "🗑️"} <= labels
         await fake.wait_until(lambda: fake.bot_user.id in result.reactions.get(REROLL, set()))
@@ -120,6 +123,17 @@ async def test_result_buttons_and_reaction(fake_discord, make_settings, run_bot,
     assert [k for k, _, _ in kinds] == ["txt2img", "upscale", "img2img", "txt2img", "txt2img"]
     assert all(s == "done" for _, _, s in kinds)
     assert kinds[1][1] == bob.id and kinds[3][1] == alice.id and kinds[4][1] == bob.id
+
+    # The posted grid carries A1111's parameters: the first picture's text, plus every picture's seed.
+    (first_path,) = db.execute(
+        "select images.path from images join jobs on jobs.id = images.job_id"
+        " where jobs.kind = 'txt2img' and images.seed = 100 and images.`index` = 0"
+    ).fetchone()
+    first_png = await asyncio.to_thread(Path(first_path).read_bytes)
+    first = parse_generation_parameters(read_png_parameters(first_png) or "")
+    assert first["Prompt"] == "a red fox" and first["Seed"] == "100" and first["RNG"] == "CPU"
+    assert parse_generation_parameters(grid_text or "") == {**first, "Seeds": "100, 101, 102, 103"}
+
     # Posted exactly once each: one delivered message per job.
     assert db.execute("select count(distinct result_message_id) from jobs").fetchone() == (5,)
 
@@ -181,6 +195,8 @@ async def test_small_upload_limit_gets_a_smaller_file(fake_discord, make_setting
         attachment = result.attachments[0]
         assert attachment.size <= 12_000 and not attachment.filename.endswith(".png")
         assert _picture(result).width >= 128
+        # The parameters go along in the EXIF UserComment, where A1111 reads them in a WebP or JPEG.
+        assert (read_png_parameters(attachment.data) or "").startswith("a detailed forest\nSteps: ")
 
 
 async def test_reaction_429_is_retried(fake_discord, make_settings, run_bot):
