@@ -78,6 +78,9 @@ class Job:
     upscale: float | None = None  # the resize factor of an upscale job (PNG info)
     embeddings: tuple[str, ...] = ()  # textual-inversion embeddings its texts name (engine/embeddings.py)
     ti_hashes: str | None = None  # A1111's "TI hashes" PNG-info value for them
+    # Its prompt and negative encode to different chunk counts, so the shorter is padded with empty chunks
+    # (engine/conditioning.py): what A1111 does, and writes as "Pad conds: True", with that option on.
+    pad_conds: bool = False
     passed_over: int = 0  # batches of the loaded model that went first (engine/batching.py)
     emit: Emit | None = None  # where JobBook.cancel_id reports a cancel (set by run() / the worker)
 

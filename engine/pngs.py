@@ -84,28 +84,34 @@ RNG_SOURCE = "CPU"
 UPSCALER = "Lanczos"
 
 
-def png_parameters(job: Job, index: int, model_hash: str | None, loras: LoraLibrary) -> str:
-    """A1111's PNG info of image ``index`` of ``job`` (``model_hash``: None when unknown). engine/README.md
-    ("PNG info") says which fields are written when, and why."""
+def png_parameters(
+    job: Job, index: int, model_hash: str | None, loras: LoraLibrary, clip_skip: int | None = None
+) -> str:
+    """A1111's PNG info of image ``index`` of ``job`` (``model_hash``: None when unknown; ``clip_skip``: the
+    one that ran, when the runner resolved the request's 0 to the model's default). engine/README.md ("PNG
+    info") says which fields are written when, and why. The fields go in the order A1111 writes them."""
     req, key = job.request, job.key
     sampler, schedule_type = sampler_fields(job)
     width, height = key.width, key.height
     extras: dict[str, Any] = {}
     if key.kind != JobKind.TXT2IMG:
         extras["Denoising strength"] = key.strength
-    if req.clip_skip > 1:  # A1111 writes it only above its default of 1
-        extras["Clip skip"] = req.clip_skip
+    ran = key.clip_skip if clip_skip is None else clip_skip
+    if ran > 1:  # A1111 writes it only above its default of 1
+        extras["Clip skip"] = ran
     extras["RNG"] = RNG_SOURCE
     if key.kind == JobKind.UPSCALE and job.upscale:
         width, height, hires = hires_fields(job)
         extras.update(hires)
-    if job.ti_hashes:  # computed when the request was prepared (engine/embeddings.py)
-        extras["TI hashes"] = job.ti_hashes
     if key.loras:
         try:
             extras["Lora hashes"] = loras.hashes(key.loras)
         except (LoraError, OSError):  # the file went away after the run: leave it out
             log.warning("could not hash the LoRAs %s", key.loras)
+    if job.ti_hashes:  # computed when the request was prepared (engine/embeddings.py)
+        extras["TI hashes"] = job.ti_hashes
+    if job.pad_conds:
+        extras["Pad conds"] = True
     return pnginfo.format_parameters(
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
