@@ -70,14 +70,17 @@ async def model_and_defaults(
 ) -> tuple[Params, Defaults]:
     """``params`` with the guild's default model filled in when none is named, and the defaults of a job
     on that model (its family's size and aspect buckets: bot/models_dir.py)."""
-    model = params.model
+    model, guild_default = params.model, False
     if model is None and guild_id is not None:
         model = (await bot.admission.store.rules(guild_id, 0)).default_model
-        params = replace(params, model=model)
+        params, guild_default = replace(params, model=model), model is not None
     entry = await asyncio.to_thread(models_dir.entry_for, bot.settings, model)
-    if model and (entry is None or entry.family is None):
+    # A named model was checked by /imagine; a follow-up's is the one its job ran on (the engine's name for
+    # the default model, say), which the engine resolves. The guild's default may have left the folder.
+    if guild_default and (entry is None or entry.family is None):
         raise PolicyError(
-            f"The model `{model[:60]}` is not available any more; pick another (`/models` lists them)."
+            f"This server's default model `{(model or '')[:60]}` is not available any more; "
+            "an admin can pick another with `/default-model set` (`/models` lists them)."
         )
     return params, models_dir.job_defaults(bot.settings, entry)
 

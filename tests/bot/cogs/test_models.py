@@ -102,6 +102,9 @@ async def test_the_guild_default_model_and_its_family_size_are_used_by_imagine(
             (None, 64, 64, 2, 7.0),  # another guild: the bot's MODEL
         ]
 
+        (models / "juggernautXL.safetensors").rename(tmp_path / "moved-away.safetensors")
+        gone = await _run(fake, "imagine", {"prompt": "a boat"}, user=alice, **here)
+        assert "default model `juggernautXL` is not available any more" in (refusal(gone) or "")
         cleared = await _run(fake, "default-model", {}, subcommand="clear", user=admin, **here)
         assert "no longer this server's default" in answer(cleared)
         await _run(fake, "imagine", {"prompt": "a boat"}, user=alice, **here)
