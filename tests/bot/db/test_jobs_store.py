@@ -61,6 +61,8 @@ async def test_finish_is_counted_once(store):
     assert not await store.finish("j1", images, 1.5, "tiny")  # a duplicate result changes nothing
     job = await store.get("j1")
     assert job.state is JobState.DONE and [i.seed for i in job.images] == [1, 2]
+    # Timestamps come back aware on both databases (SQLite's came back naive, PostgreSQL's aware).
+    assert job.created_at.tzinfo is not None and job.finished_at.utcoffset() == dt.timedelta(0)
     assert await store.images_since(30, 10, job.created_at.replace(year=2000)) == 2
 
 
