@@ -11,8 +11,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
-from engine import bounds
-from engine.sampler_names import SAMPLER_NAMES, UnknownSamplerError, canonical_sampler
+from engine import bounds, sampler_names
+from engine.sampler_names import UnknownSamplerError
 
 MAX_PROMPT_CHARS = bounds.PROMPT_CHARS
 MAX_SEED = bounds.SEED.hi
@@ -37,6 +37,8 @@ class Params:
     count: int | None = None
     model: str | None = None
     strength: float | None = None
+    scheduler: str | None = None  # A1111's schedule type
+    clip_skip: int | None = None
 
     def merged_over(self, base: Params) -> Params:
         """These values where given, else ``base``'s (options win over inline flags)."""
@@ -82,6 +84,8 @@ class Resolved:
     count: int
     model: str | None
     strength: float
+    scheduler: str = sampler_names.AUTOMATIC  # the schedule type that runs (Karras for DPM++ 2M...)
+    clip_skip: int = 0  # 0: the model's default
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -98,7 +102,13 @@ _FLAG_ALIASES = {
     "n": "count",
     "model": "model",
     "strength": "strength",
+    "scheduler": "scheduler",
+    "schedule": "scheduler",
+    "clip-skip": "clip_skip",
+    "clip_skip": "clip_skip",
+    "clipskip": "clip_skip",
 }
+_KNOWN_FLAGS = ("ar", "seed", "no", "steps", "cfg", "sampler", "scheduler", "clip-skip", "count", "model")
 _FLAG_START = re.compile(r"(?:^|\s)--([A-Za-z][\w-]*)")
 
 
@@ -117,9 +127,7 @@ def parse_flags(text: str) -> Params:
         value = text[match.end() : end].strip()
         key = _FLAG_ALIASES.get(name)
         if key is None:
-            known = ", ".join(
-                f"--{n}" for n in ("ar", "seed", "no", "steps", "cfg", "sampler", "count", "model")
-            )
+            known = ", ".join(f"--{n}" for n in _KNOWN_FLAGS)
             raise PolicyError(f"Unknown flag `--{name}`. Flags I know: {known}.")
         if not value:
             raise PolicyError(
@@ -139,6 +147,8 @@ def parse_flags(text: str) -> Params:
         count=_flag_int("count", values.get("count")),
         model=values.get("model"),
         strength=_flag_float("strength", values.get("strength")),
+        scheduler=values.get("scheduler"),
+        clip_skip=_flag_int("clip_skip", values.get("clip_skip")),
     )
 
 
@@ -152,6 +162,8 @@ _FLAG_EXAMPLES = {
     "count": "--count 2",
     "model": "--model dreamshaper",
     "strength": "--strength 0.6",
+    "scheduler": "--scheduler Karras",
+    "clip_skip": "--clip-skip 2",
 }
 
 
@@ -213,14 +225,26 @@ def aspect_size(aspect: str, side: int = 512, buckets: Sequence[tuple[int, int]]
 # ----------------------------------------------------------------------------------- validation
 
 
-def find_sampler(name: str) -> str:
-    """The canonical A1111 spelling of ``name``, or a PolicyError listing the valid ones."""
+def find_sampler(sampler: str | None, scheduler: str | None, default: str) -> sampler_names.Resolved:
+    """The A1111 sampler and the schedule type that run for what a member gave (``sampler``: a name, an
+    alias or a combined name like ``Euler Karras``; ``scheduler``: a schedule type), or a PolicyError
+    naming the nearest choice. ``default``'s schedule type (``DPM++ 2M Karras``) yields to the member's."""
     try:
-        return canonical_sampler(name)
-    except UnknownSamplerError:
-        raise PolicyError(
-            f"Unknown sampler `{name[:40]}`. Choose one of: {', '.join(SAMPLER_NAMES)}."
-        ) from None
+        if sampler is None:
+            base, own = sampler_names.split_combined(sampler_names.canonical_sampler(default))
+            return sampler_names.resolve(base, scheduler or own)
+        name = sampler_names.canonical_sampler(sampler)
+        _, named = sampler_names.split_combined(name)
+        asked = sampler_names.schedule_label(scheduler) if scheduler is not None else None
+        if named is not None and asked not in (None, sampler_names.AUTOMATIC, named):
+            raise PolicyError(
+                f"Sampler `{name}` names the `{named}` schedule type, and you asked for `{asked}`: give "
+                f"the sampler without it, e.g. `--sampler {name[: -len(named) - 1]} --scheduler {asked}`."
+            )
+        return sampler_names.resolve(name, scheduler)
+    except UnknownSamplerError as exc:
+        text = str(exc)
+        raise PolicyError(text[:1].upper() + text[1:].removesuffix(".") + ".") from None
 
 
 def resolve(
@@ -264,7 +288,13 @@ def resolve(
         raise PolicyError(
             f"Count must be between {bounds.COUNT.lo} and {max_count} here (you asked for {count})."
         )
-    sampler = find_sampler(params.sampler) if params.sampler else defaults.sampler
+    pair = find_sampler(params.sampler, params.scheduler, defaults.sampler)
+    clip_skip = 0 if params.clip_skip is None else params.clip_skip
+    if clip_skip not in bounds.CLIP_SKIP:
+        raise PolicyError(
+            f"Clip skip must be between {bounds.CLIP_SKIP.lo} and {bounds.CLIP_SKIP.hi} "
+            f"(0: the model's default; you asked for {clip_skip})."
+        )
     width, height = aspect_size(params.aspect or "1:1", defaults.size, defaults.buckets)
     max_pixels = min(limits.max_pixels, bounds.PIXELS.hi)
     if width * height > max_pixels or width not in bounds.SIDE or height not in bounds.SIDE:
@@ -289,4 +319,6 @@ def resolve(
         len(model) > bounds.MODEL_NAME_CHARS or not re.fullmatch(r"[\w .+\-()\[\]]+", model)
     ):
         raise PolicyError("That model name has characters I can't use; pick one from the list.")
-    return Resolved(prompt, negative, seed, steps, cfg, sampler, width, height, count, model, strength)
+    sampler, scheduler = pair.sampler, pair.scheduler
+    resolved = Resolved(prompt, negative, seed, steps, cfg, sampler, width, height, count, model, strength)
+    return replace(resolved, scheduler=scheduler, clip_skip=clip_skip)

@@ -89,6 +89,8 @@ def _params_of(job: Job) -> Params:
         count=job.count,
         model=job.model,
         strength=job.strength,
+        scheduler=job.scheduler,
+        clip_skip=job.clip_skip,
     )
 
 

@@ -30,7 +30,7 @@ from engine import embeddings as ti
 from engine import loras as lora_tags
 from engine.model_files import list_embeddings, list_models
 from engine.protocol import JobKind
-from engine.sampler_names import SAMPLER_NAMES
+from engine.sampler_names import SAMPLER_NAMES, SCHEDULE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ REROLL = REROLL_EMOJI
 
 HELP = f"""**/imagine** `prompt` — four pictures as a 2×2 grid.
 Options: `negative` (what to leave out), `aspect` ({", ".join(ASPECTS)}), `seed`, `steps`, `cfg`,
-`sampler`, `count`, `model` (**/models** lists them), `image` + `strength` (start from your picture).
+`sampler`, `scheduler` (schedule type), `clip_skip`, `count`, `model` (**/models** lists them),
+`image` + `strength` (start from your picture).
 Inline flags work too, Midjourney style — options win over flags:
 > `/imagine a lighthouse at dusk --ar 16:9 --no fog, boats --seed 42`
 > `/imagine portrait of a cat, oil painting --steps 30 --cfg 6.5 --sampler Euler a --count 2`
@@ -73,6 +74,8 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         steps="More steps: more detail, slower",
         cfg=f"How closely to follow the prompt ({bounds.CFG.lo:g}-{bounds.CFG.hi:g}, usually 5-9)",
         sampler="A1111 sampler name",
+        scheduler="A1111 schedule type (Automatic: the sampler's own, e.g. Karras for DPM++ 2M)",
+        clip_skip="Stop the text encoder this many layers early (2 for many anime models; 0: model default)",
         count="How many pictures (4 unless the server allows more)",
         model="Which model (from the server's model folder)",
         image=f"Start from this picture (img2img): {pictures.FORMAT_NAMES}",
@@ -81,6 +84,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
         sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLER_NAMES[:25]],
+        scheduler=[app_commands.Choice(name=s, value=s) for s in SCHEDULE_NAMES[:25]],
     )
     async def imagine(
         self,
@@ -97,6 +101,8 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         model: app_commands.Range[str, 1, bounds.MODEL_NAME_CHARS] | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, bounds.STRENGTH.lo, bounds.STRENGTH.hi] | None = None,
+        scheduler: str | None = None,
+        clip_skip: app_commands.Range[int, bounds.CLIP_SKIP.lo, bounds.CLIP_SKIP.hi] | None = None,
     ) -> None:
         # Only pure, instant checks before the acknowledgement: a refusal here is the response itself.
         try:
@@ -112,6 +118,8 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 count=count,
                 model=model,
                 strength=strength,
+                scheduler=scheduler,
+                clip_skip=clip_skip,
             )
             params = options.merged_over(flags)
             resolve(params, defaults_of(self.bot), Limits.table())  # the table's bounds: pure and instant

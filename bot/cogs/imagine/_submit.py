@@ -117,6 +117,8 @@ async def prepare(
         steps=resolved.steps,
         cfg_scale=resolved.cfg,
         sampler=resolved.sampler,
+        scheduler=resolved.scheduler,
+        clip_skip=resolved.clip_skip,
         width=width,
         height=height,
         count=resolved.count,

@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 
@@ -59,7 +60,8 @@ def test_aspects_are_multiples_of_64_near_native_pixels(aspect):
 
 def test_resolve_fills_defaults_and_checks_limits():
     r = resolve(Params(prompt="cat"), Defaults(), Limits(), rng=random.Random(1))
-    assert (r.width, r.height, r.steps, r.count, r.sampler) == (512, 512, 20, 4, "DPM++ 2M Karras")
+    assert (r.width, r.height, r.steps, r.count) == (512, 512, 20, 4)
+    assert (r.sampler, r.scheduler, r.clip_skip) == ("DPM++ 2M", "Karras", 0)  # the default DPM++ 2M Karras
     assert 0 <= r.seed < 2**32
     with pytest.raises(PolicyError, match="Steps must be between 1 and 50"):
         resolve(Params(prompt="cat", steps=51), Defaults(), Limits(max_steps=50))
@@ -76,3 +78,35 @@ def test_resolve_fills_defaults_and_checks_limits():
 def test_sampler_names_match_case_insensitively():
     r = resolve(Params(prompt="cat", sampler="euler A"), Defaults(), Limits())
     assert r.sampler == "Euler a"
+
+
+def test_scheduler_and_clip_skip_flags():
+    p = parse_flags("cat --scheduler SGM Uniform --clip-skip 2")
+    assert (p.prompt, p.scheduler, p.clip_skip) == ("cat", "SGM Uniform", 2)
+    assert parse_flags("cat --schedule karras --clipskip 1").scheduler == "karras"
+    r = resolve(p.merged_over(Params()), Defaults(), Limits())
+    assert (r.sampler, r.scheduler, r.clip_skip) == ("DPM++ 2M", "SGM Uniform", 2)
+    # the default sampler's own schedule type yields to the member's; a combined name's does not
+    r = resolve(Params(prompt="cat", sampler="k_euler_a", scheduler="simple"), Defaults(), Limits())
+    assert (r.sampler, r.scheduler) == ("Euler a", "Simple")
+    r = resolve(Params(prompt="cat", sampler="DPM++ 2M SDE Karras"), Defaults(), Limits())
+    assert (r.sampler, r.scheduler) == ("DPM++ 2M SDE", "Karras")
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"scheduler": "karas"}, "Unknown schedule type `karas`; did you mean `Karras`?"),
+        ({"sampler": "Eular a"}, "did you mean `Euler a`?"),
+        ({"sampler": "Restart"}, "nearest that runs is `Heun`"),
+        ({"sampler": "DDIM", "scheduler": "Karras"}, "runs its own timesteps"),
+        (
+            {"sampler": "Euler Karras", "scheduler": "Exponential"},
+            "`--sampler Euler --scheduler Exponential`",
+        ),
+        ({"clip_skip": 13}, "Clip skip must be between 0 and 12"),
+    ],
+)
+def test_bad_sampler_pairs_and_clip_skip_are_refused_naming_a_fix(params, needle):
+    with pytest.raises(PolicyError, match=re.escape(needle)):
+        resolve(Params(prompt="cat", **params), Defaults(), Limits())
