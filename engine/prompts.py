@@ -41,7 +41,10 @@ COMMA_BACKTRACK = 20
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK = "BREAK"
-_BREAK_WEIGHT = -1.0  # marker weight of a BREAK entry in parse_prompt_attention's output, as in A1111
+# Marker weight of a BREAK entry in parse_prompt_attention's output, as in A1111. Brackets multiply it like
+# any weight, as A1111's do: "(a BREAK b)" gives ("BREAK", -1.1), which is then no BREAK but the word "BREAK"
+# weighted -1.1.
+_BREAK_WEIGHT = -1.0
 
 # The tokens of the emphasis grammar, in A1111's order: escapes, brackets, ":weight)", text runs, ":".
 _RE_ATTENTION = re.compile(
@@ -71,29 +74,27 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     ``(abc)`` multiplies the weight of abc by 1.1, ``(abc:3.12)`` by 3.12, ``[abc]`` by 1/1.1; ``\\(``
     ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are literal characters; an unclosed bracket applies up to the end of the
     text; a closing bracket without an opening one is literal text. ``BREAK`` (upper case, a word of its
-    own, also inside brackets) becomes a ``("BREAK", -1.0)`` entry. Neighbouring fragments of equal weight
-    are merged. A lone backslash is dropped, as in A1111. Unlike A1111, every weight is kept within
+    own) becomes a ``("BREAK", -1.0)`` entry, whose weight brackets around it multiply as A1111's do (a
+    ``BREAK`` inside brackets is then the word BREAK with a negative weight). Neighbouring fragments of equal
+    weight are merged. A lone backslash is dropped, as in A1111. Unlike A1111, every weight is kept within
     :data:`engine.bounds.WEIGHT`.
 
     >>> parse_prompt_attention("an (important) word")
     [('an ', 1.0), ('important', 1.1), (' word', 1.0)]
     """
-    res: list[list[Any]] = []  # [fragment, weight, is_break], mutable while brackets close
+    res: list[list[Any]] = []  # [fragment, weight], mutable while brackets close
     round_brackets: list[int] = []
     square_brackets: list[int] = []
 
     def multiply_range(start: int, multiplier: float) -> None:
         for p in range(start, len(res)):
-            # Unlike A1111, a BREAK inside brackets stays a BREAK: A1111 multiplies its -1 marker too, which
-            # turns it into the word "BREAK" encoded with a negative weight.
-            if not res[p][2]:
-                res[p][1] = _clamp_weight(res[p][1] * multiplier)
+            res[p][1] = _clamp_weight(res[p][1] * multiplier)
 
     for m in _RE_ATTENTION.finditer(text):
         token = m.group(0)
         weight = m.group(1)
         if token.startswith("\\"):
-            res.append([token[1:], 1.0, False])
+            res.append([token[1:], 1.0])
         elif token == "(":
             round_brackets.append(len(res))
         elif token == "[":
@@ -104,7 +105,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             except ValueError:
                 # "(a:1.2.3)": A1111 raises here, but a typo should not fail the job: keep ":1.2.3" as text
                 # and let the ")" close the bracket as a plain one.
-                res.append([token[:-1], 1.0, False])
+                res.append([token[:-1], 1.0])
                 value = ROUND_MULTIPLIER
             multiply_range(round_brackets.pop(), value)
         elif token == ")" and round_brackets:
@@ -114,8 +115,8 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         else:
             for i, part in enumerate(_RE_BREAK.split(token)):
                 if i > 0:
-                    res.append([BREAK, _BREAK_WEIGHT, True])
-                res.append([part, 1.0, False])
+                    res.append([BREAK, _BREAK_WEIGHT])
+                res.append([part, 1.0])
 
     # Unclosed brackets still count, up to the end of the prompt.
     for pos in round_brackets:
@@ -124,16 +125,16 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         multiply_range(pos, SQUARE_MULTIPLIER)
 
     if not res:
-        res = [["", 1.0, False]]
+        res = [["", 1.0]]
 
     i = 0
     while i + 1 < len(res):
-        if res[i][1] == res[i + 1][1] and not res[i][2] and not res[i + 1][2]:
+        if res[i][1] == res[i + 1][1]:
             res[i][0] += res[i + 1][0]
             res.pop(i + 1)
         else:
             i += 1
-    return [(fragment, weight) for fragment, weight, _ in res]
+    return [(fragment, weight) for fragment, weight in res]
 
 
 def _clamp_weight(weight: float) -> float:
@@ -295,81 +296,96 @@ def needs_embeddings(pipe: Any, texts: Sequence[str]) -> bool:
 _MEAN_FLOOR = 1e-4
 
 
-def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+def apply_emphasis(
+    z: torch.Tensor, multipliers: torch.Tensor, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """A1111's ``EmphasisOriginal``: scale each token vector of ``z`` (chunks, 77, dim) by its multiplier
-    (chunks, 77), then rescale each chunk so that its mean is what it was before.
+    (chunks, 77), then rescale each group of chunks so that its mean is what it was before.
 
-    A1111 takes the mean over the whole batch of one chunk index; here it is per chunk, so that a prompt's
-    embedding does not depend on what else shares its batch (in A1111's usual batch, of one prompt repeated,
-    the two are the same). Chunks whose weights are all 1 come back unchanged, bit for bit.
+    ``groups`` (chunks,) numbers the groups; without it each chunk is its own. A1111 takes the mean over one
+    encoder call's chunks of one index: the texts of one prompt's editing schedule (engine/conditioning.py
+    passes those groups), a single chunk for a prompt without editing. Groups whose weights are all 1 come
+    back unchanged, bit for bit.
     """
     import torch
 
     z32 = z.float()
     m = multipliers.to(device=z.device, dtype=torch.float32)
-    original_mean = z32.mean(dim=(1, 2), keepdim=True)
+    g = torch.arange(len(z), device=z.device) if groups is None else groups.to(z.device)
+    n = int(g.max()) + 1 if len(g) else 0
+    counts = torch.zeros(n, device=z.device).index_add_(0, g, torch.ones(len(g), device=z.device))
+
+    def group_mean(x: torch.Tensor) -> torch.Tensor:  # chunks hold equal numbers of values
+        sums = torch.zeros(n, device=z.device).index_add_(0, g, x.mean(dim=(1, 2)))
+        return (sums / counts)[g].view(-1, 1, 1)
+
+    original_mean = group_mean(z32)
     weighted = z32 * m.unsqueeze(-1)
-    new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+    new_mean = group_mean(weighted)
     # A mean that is only float rounding (a text encoder whose last LayerNorm has no bias gives tokens of
     # mean 0, so a chunk's mean is ~1e-8 of its values) would scale the chunk by a ratio of two rounding
     # errors: any size or sign, different on each CPU. Keep the weighted chunk as it is then.
-    defined = (original_mean.abs() > _MEAN_FLOOR * z32.abs().mean(dim=(1, 2), keepdim=True)) & (
-        new_mean.abs() > _MEAN_FLOOR * weighted.abs().mean(dim=(1, 2), keepdim=True)
+    defined = (original_mean.abs() > _MEAN_FLOOR * group_mean(z32.abs())) & (
+        new_mean.abs() > _MEAN_FLOOR * group_mean(weighted.abs())
     )
     scale = torch.where(defined, original_mean / torch.where(defined, new_mean, 1.0), 1.0)
     out = (weighted * scale).to(z.dtype)
-    plain = (m == 1.0).all(dim=1).view(-1, 1, 1)
-    return torch.where(plain, z, out)
+    weighted_rows = (m != 1.0).any(dim=1).float()
+    plain = torch.zeros(n, device=z.device).index_add_(0, g, weighted_rows)[g] == 0
+    return torch.where(plain.view(-1, 1, 1), z, out)
+
+
+def encode_hidden(encoder: Any, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """``encoder``'s token vectors for ``ids`` (rows, 77), A1111's "Clip skip" way: with ``clip_skip`` N > 1
+    the output of the N-th layer from the end, through the final layer norm; with 1 (or 0) the encoder's
+    own last hidden state, as the pipeline takes it. N past the encoder's depth takes its first layer."""
+    import torch
+
+    with torch.no_grad():
+        if clip_skip <= 1:
+            return encoder(ids)[0]  # last_hidden_state: the final layer norm of the last layer
+        hidden = encoder(ids, output_hidden_states=True).hidden_states  # embeddings, then each layer
+        z = hidden[-min(clip_skip, len(hidden) - 1)]
+        inner = getattr(encoder, "text_model", encoder)  # transformers 5 dropped the wrapper
+        return inner.final_layer_norm(z)
 
 
 def encode_weighted(
-    pipe: Any, prompts: Sequence[str], negatives: Sequence[str], device: Any, dtype: Any
+    pipe: Any,
+    prompts: Sequence[str],
+    negatives: Sequence[str],
+    device: Any,
+    dtype: Any,
+    clip_skip: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A1111-style ``(prompt_embeds, negative_prompt_embeds)``, each (batch, chunks * 77, dim), every row
-    padded with empty chunks to the longest prompt or negative of the batch."""
-    import torch
+    padded with empty chunks to the longest prompt or negative of the batch (prompt editing at its first
+    step: engine/conditioning.py has the whole schedule)."""
+    from engine.conditioning import encode_conditioning
 
-    if len(prompts) != len(negatives):
-        raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    convert = _converter(pipe)
-    texts = [*prompts, *negatives]
-    unique = list(dict.fromkeys(texts))  # a request of n images repeats its prompt n times: encode it once
-    per_text = {text: tokenize_prompt(tokenizer, text, convert) for text in unique}
-    n_chunks = max(len(chunks) for chunks in per_text.values())
-
-    empty = empty_chunk(tokenizer)
-    rows = [empty, *(chunk for text in unique for chunk in per_text[text])]
-    ids = torch.tensor([c.tokens for c in rows], dtype=torch.long, device=device)
-    weights = torch.tensor([c.multipliers for c in rows], dtype=torch.float32)
-    with torch.no_grad():
-        # [0] is last_hidden_state (after the final layer norm): what the pipeline uses without clip_skip.
-        z = apply_emphasis(encoder(ids)[0], weights)
-
-    # Row 0 is the empty chunk; each unique text's chunks follow in order.
-    start: dict[str, int] = {}
-    row = 1
-    for text in unique:
-        start[text] = row
-        row += len(per_text[text])
-    index = []
-    for text in texts:
-        own = len(per_text[text])
-        index.append([start[text] + k for k in range(own)] + [0] * (n_chunks - own))
-    embeds = z[torch.tensor(index, device=z.device)]  # (texts, n_chunks, 77, dim)
-    embeds = embeds.reshape(len(texts), n_chunks * z.shape[1], z.shape[2]).to(device=device, dtype=dtype)
-    return embeds[: len(prompts)], embeds[len(prompts) :]
+    conditioning = encode_conditioning(
+        pipe, prompts, negatives, device, dtype, clip_skip=clip_skip, force=True
+    )
+    assert conditioning is not None  # force=True
+    return conditioning.at(0)
 
 
 def encode_prompts(
-    pipe: Any, prompts: Sequence[str], negatives: Sequence[str], device: Any, dtype: Any
+    pipe: Any,
+    prompts: Sequence[str],
+    negatives: Sequence[str],
+    device: Any,
+    dtype: Any,
+    clip_skip: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Embeddings for a batch when any of its prompts or negatives needs A1111 handling, else None (the
-    caller then passes ``prompt=`` / ``negative_prompt=`` to the pipeline as before).
+    """Embeddings for a batch when any of its prompts or negatives needs A1111 handling (or clip skip is
+    above 1), else None (the caller then passes ``prompt=`` / ``negative_prompt=`` to the pipeline as
+    before).
 
     All-or-nothing per batch: the pipeline takes either texts or embeddings for the whole batch. A plain
     prompt encoded here gets the same embedding as from the pipeline (up to float rounding of a different
     encoder batch size)."""
-    if not needs_embeddings(pipe, [*prompts, *negatives]):
-        return None
-    return encode_weighted(pipe, prompts, negatives, device, dtype)
+    from engine.conditioning import encode_conditioning
+
+    conditioning = encode_conditioning(pipe, prompts, negatives, device, dtype, clip_skip=clip_skip)
+    return None if conditioning is None else conditioning.at(0)

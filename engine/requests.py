@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from engine import bounds, loading, model_catalog, pictures, prompts
+from engine import bounds, loading, model_catalog, pictures, prompt_schedule, prompts
 from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.jobs import BatchKey, Job, JobBook
@@ -96,6 +96,10 @@ def prepare_job(
         loras.check(named, family)
     except loras_mod.LoraError as exc:
         raise RequestError(str(exc)) from exc
+    try:  # AND and a whole-prompt ":weight" (composable diffusion) are refused here, before the queue
+        text = prompt_schedule.composable_text(text)
+    except prompt_schedule.PromptScheduleError as exc:
+        raise RequestError(str(exc)) from exc
     # Embeddings named in either text: each must load; chunks are counted with their vectors in place.
     used: tuple[str, ...] = ()
     counted: tuple[str, ...] = (text, request.negative_prompt)
@@ -117,7 +121,7 @@ def prepare_job(
         pair.sampler,
         float(request.cfg_scale),
         strength,
-        chunk_count(tokenizer, *counted),  # RequestError past bounds.PROMPT_CHUNKS
+        chunk_count(tokenizer, *_schedule_texts(counted, request.steps)),  # RequestError past PROMPT_CHUNKS
         named,
         scheduler=pair.scheduler,
         clip_skip=request.clip_skip,
@@ -135,17 +139,27 @@ def prepare_job(
     )
 
 
-def chunk_count(tokenizer: Any | None, prompt: str, negative_prompt: str) -> int:
-    """The 77-token chunks the longer of ``prompt`` and its negative encodes to; RequestError past
-    :data:`engine.bounds.PROMPT_CHUNKS`.
+def _schedule_texts(texts: tuple[str, ...], steps: int) -> list[str]:
+    """Every text the prompt editing of ``texts`` makes over ``steps`` (and twice as many model calls, as a
+    second-order sampler makes): all are encoded, so all count; RequestError for too many of them."""
+    try:
+        found = [prompt_schedule.schedule_texts(text, n) for text in texts for n in (steps, 2 * steps)]
+        return list(dict.fromkeys(t for each in found for t in each))
+    except prompt_schedule.PromptScheduleError as exc:
+        raise RequestError(str(exc)) from exc
+
+
+def chunk_count(tokenizer: Any | None, *texts: str) -> int:
+    """The 77-token chunks the longest of ``texts`` (a prompt and its negative, or every text of their
+    editing schedules) encodes to; RequestError past :data:`engine.bounds.PROMPT_CHUNKS`.
 
     Without a tokenizer (the simulated runner; a real one while it swaps models) the count the BREAKs
     alone make: a prompt of too many BREAKs is refused all the same, instead of failing its whole batch
     when it is encoded."""
     try:
         if tokenizer is not None:
-            return prompts.chunk_count(tokenizer, prompt, negative_prompt)
-        chunks = max(bounds.break_chunks(prompt), bounds.break_chunks(negative_prompt))
+            return prompts.chunk_count(tokenizer, *texts)
+        chunks = max(bounds.break_chunks(text) for text in texts)
         if chunks > bounds.PROMPT_CHUNKS:
             raise prompts.PromptTooLongError
         return chunks

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine import bounds, devices, loading, prompts
+from engine import bounds, conditioning, devices, families, loading
 from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.families import Family
@@ -287,6 +287,13 @@ class Runner:
                 continue
             self._submit_png(job, index, image, nsfw, emit)
 
+    def _default_clip_skip(self, job: Job) -> int:
+        """The clip skip of a request that leaves it at 0: the model's (its name.json sidecar's), else 1."""
+        try:
+            return families.model_defaults(job.source.location, self.slot.family).clip_skip or 1
+        except (OSError, ValueError):  # a hub id is no path; an unreadable file was caught at load
+            return 1
+
     def _safety_check(self, items: list[tuple[Job, int]], images: list[Image.Image]) -> list[bool]:
         """Run the safety checker on the images whose request asked for it (blacking out flagged ones)."""
         flags = [False] * len(images)
@@ -335,26 +342,38 @@ class Runner:
         # Before encoding: a LoRA may change the text encoder too. The img2img pipeline shares these modules.
         self.loras.apply(self.slot.pipe, key.loras)
         sdxl = self.slot.family is Family.SDXL
+        # Before encoding: prompt editing counts the sampler's model calls (two per step for second order).
+        pipe.scheduler = make_scheduler(key.sampler, key.scheduler, self.slot.base_scheduler_config)
+        if uses_noise_seeds(pipe.scheduler):  # DPM++ SDE: one Brownian tree per image, on the image's seed
+            pipe.scheduler.noise_sampler_seed = [job.request.seeds[i] for job, i in items]
+        schedule: conditioning.Conditioning | None = None
         if sdxl:  # both text encoders, the pooled embedding, size conditioning: engine/prompts_sdxl.py
             texts = kwargs.pop("prompt"), kwargs.pop("negative_prompt")
             kwargs.update(sdxl_inputs(pipe, *texts, key.width, key.height, self.device, self.dtype))
         elif (
-            embeds := prompts.encode_prompts(
-                pipe, kwargs["prompt"], kwargs["negative_prompt"], self.device, self.dtype
+            schedule := conditioning.encode_conditioning(
+                pipe,
+                kwargs["prompt"],
+                kwargs["negative_prompt"],
+                self.device,
+                self.dtype,
+                steps=conditioning.schedule_steps(key.steps, pipe.scheduler),
+                clip_skip=key.clip_skip or self._default_clip_skip(items[0][0]),
             )
-        ) is not None:  # A1111 emphasis, BREAK or over 75 tokens: see engine/prompts.py
+        ) is not None:  # editing, emphasis, BREAK, over 75 tokens, clip skip: engine/conditioning.py
             del kwargs["prompt"], kwargs["negative_prompt"]
-            kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = embeds
-        pipe.scheduler = make_scheduler(key.sampler, key.scheduler, self.slot.base_scheduler_config)
-        if uses_noise_seeds(pipe.scheduler):  # DPM++ SDE: one Brownian tree per image, on the image's seed
-            pipe.scheduler.noise_sampler_seed = [job.request.seeds[i] for job, i in items]
+            kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = schedule.at(0)
         if key.width * key.height > TILING_ABOVE_PIXELS:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
 
         preview = (self.previewer_xl if sdxl else self.previewer).preview
-        kwargs["callback_on_step_end"] = StepProgress(self.jobs, items, emit, preview, lambda: self._abort)
+        progress = StepProgress(self.jobs, items, emit, preview, lambda: self._abort)
+        kwargs["callback_on_step_end"] = progress
+        if schedule is not None and not schedule.static:  # each row's text changes at its own steps
+            kwargs["callback_on_step_end"] = conditioning.ScheduleSwap(schedule, progress)
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
         out = pipe(**kwargs)
         return list(out.images)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import prompts
+from engine import conditioning, prompts
 from engine.prompts import (
     apply_emphasis,
     encode_prompts,
@@ -64,8 +64,9 @@ from .outputs import assert_same_image, pixels
         ("a BREAK\nb", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
         ("a break b, aBREAK", [("a break b, aBREAK", 1.0)]),  # only the upper-case word
         ("", [("", 1.0)]),
-        # Deliberate differences from A1111: a BREAK in brackets stays a BREAK; a malformed weight is text.
-        ("(a BREAK b:1.5)", [("a", 1.5), ("BREAK", -1.0), ("b", 1.5)]),
+        # As in A1111, brackets multiply BREAK's -1 marker: no BREAK then, the word weighted -1.5.
+        ("(a BREAK b:1.5)", [("a", 1.5), ("BREAK", -1.5), ("b", 1.5)]),
+        # A deliberate difference from A1111: a malformed weight is text.
         ("(a:1.2.3)", [("a:1.2.3", 1.1)]),
     ],
 )
@@ -245,7 +246,7 @@ def test_fast_path_calls_the_pipeline_with_prompt_text(runner, pipeline_kwargs, 
     assert {"prompt", "negative_prompt"} <= set(pipeline_kwargs[0])
     assert not {"prompt_embeds", "negative_prompt_embeds"} & set(pipeline_kwargs[0])
     # Bit-identical to the runner without the prompt hook: the very same pipeline call, so the same floats.
-    monkeypatch.setattr(prompts, "encode_prompts", lambda *a, **k: None)
+    monkeypatch.setattr(conditioning, "encode_conditioning", lambda *a, **k: None)
     assert np.array_equal(image, render(runner, "a photo of a cat", negative_prompt="blurry", seed=3))
 
 

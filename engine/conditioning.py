@@ -1,0 +1,157 @@
+"""A batch's text conditioning, step by step: A1111 prompt editing and alternation
+(engine/prompt_schedule.py), emphasis, BREAK, long prompts (engine/prompts.py) and clip skip, as embeddings
+the diffusers pipeline takes.
+
+:func:`encode_conditioning` encodes each distinct text of the batch's schedules once. As in A1111:
+
+- the texts of one prompt's schedule are padded with empty chunks to the longest of them and share their
+  emphasis means (A1111 encodes them in one call);
+- a text is used at model call ``s`` (0-based) by the first schedule entry with ``s <= end_at_step``.
+
+Every row (prompt and negative alike) is then padded with plain empty chunks to the batch's longest, as
+A1111's "Pad conds" option does (diffusers runs cond and uncond in one UNet call, which needs one length).
+
+:class:`ScheduleSwap` is the pipeline's ``callback_on_step_end``: after the progress callback it hands the
+pipeline the next call's ``prompt_embeds`` (with guidance, diffusers' ``[negative, positive]``) when some
+row's schedule moves on. A batch without editing and without clip skip whose texts are plain and short gets
+``None``: the runner passes ``prompt=`` as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine import prompts
+from engine.prompt_schedule import entry_at, prompt_schedule
+
+if TYPE_CHECKING:
+    import torch
+
+Schedule = tuple[tuple[int, int], ...]  # (end_at_step, index into Conditioning.embeds)
+
+
+@dataclass
+class Conditioning:
+    """Embeddings of every schedule entry of a batch, and which entry each row uses when."""
+
+    embeds: torch.Tensor  # (entries, chunks * 77, dim), on the pipeline's device and dtype
+    prompt_schedules: list[Schedule]  # per batch row
+    negative_schedules: list[Schedule]
+
+    @property
+    def static(self) -> bool:
+        """True when no row changes its text during the run."""
+        return all(len({i for _, i in s}) == 1 for s in (*self.prompt_schedules, *self.negative_schedules))
+
+    def _indices(self, schedules: list[Schedule], step: int) -> list[int]:
+        return [s[entry_at(s, step)][1] for s in schedules]
+
+    def at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prompt_embeds, negative_prompt_embeds)`` for model call ``step`` (0-based)."""
+        return (
+            self.embeds[self._indices(self.prompt_schedules, step)],
+            self.embeds[self._indices(self.negative_schedules, step)],
+        )
+
+    def changes_at(self, step: int) -> bool:
+        """True when some row uses another entry at ``step`` than at ``step - 1``."""
+        return step > 0 and any(
+            self._indices(s, step) != self._indices(s, step - 1)
+            for s in (self.prompt_schedules, self.negative_schedules)
+        )
+
+
+def schedule_steps(steps: int, scheduler: Any) -> int:
+    """The model calls A1111 spreads a schedule over: two per step for a second-order sampler (Heun, DPM2,
+    DPM++ SDE: diffusers' ``order`` 2), as its ``total_steps``."""
+    return steps * (2 if getattr(scheduler, "order", 1) == 2 else 1)
+
+
+def encode_conditioning(
+    pipe: Any,
+    prompts_: Sequence[str],
+    negatives: Sequence[str],
+    device: Any,
+    dtype: Any,
+    *,
+    steps: int = 1,
+    clip_skip: int = 0,
+    force: bool = False,
+) -> Conditioning | None:
+    """The batch's conditioning over ``steps`` model calls; None when the pipeline's own ``prompt=``
+    encoding gives the same (no editing, clip skip at most 1, plain texts of at most 75 tokens) unless
+    ``force``. ``clip_skip`` 0 is the default, 1. Raises PromptTooLongError and PromptScheduleError."""
+    import torch
+
+    if len(prompts_) != len(negatives):
+        raise ValueError(f"{len(prompts_)} prompts but {len(negatives)} negative prompts")
+    clip_skip = max(1, clip_skip)
+    raw = list(dict.fromkeys([*prompts_, *negatives]))
+    schedules = {text: prompt_schedule(text, steps) for text in raw}
+    edited = any(s != ((steps, text),) for text, s in schedules.items())
+    if not (force or edited or clip_skip > 1 or prompts.needs_embeddings(pipe, raw)):
+        return None
+
+    tokenizer = pipe.tokenizer
+    convert = prompts._converter(pipe)
+    empty = prompts.empty_chunk(tokenizer)
+    token_rows: dict[tuple[int, ...], int] = {tuple(empty.tokens): 0}  # each distinct chunk encoded once
+    rows_token: list[int] = []  # per emphasised row: its token row
+    rows_weights: list[list[float]] = []
+    rows_group: list[int] = []  # rows sharing an emphasis mean: one prompt's schedule, one chunk index
+    groups: dict[tuple[str, int], int] = {}
+    entries: dict[tuple[str, str], int] = {}
+    entry_rows: list[list[int]] = []
+    for text in raw:
+        texts = list(dict.fromkeys(t for _, t in schedules[text]))
+        chunked = {t: prompts.tokenize_prompt(tokenizer, t, convert) for t in texts}
+        length = max(len(c) for c in chunked.values())
+        for t in texts:
+            own = chunked[t] + [empty] * (length - len(chunked[t]))
+            entries[(text, t)] = len(entry_rows)
+            entry_rows.append(list(range(len(rows_token), len(rows_token) + length)))
+            for position, chunk in enumerate(own):
+                rows_token.append(token_rows.setdefault(tuple(chunk.tokens), len(token_rows)))
+                rows_weights.append(chunk.multipliers)
+                rows_group.append(groups.setdefault((text, position), len(groups)))
+
+    ids = torch.tensor(list(token_rows), dtype=torch.long, device=device)
+    z = prompts.encode_hidden(pipe.text_encoder, ids, clip_skip)
+    weighted = prompts.apply_emphasis(
+        z[torch.tensor(rows_token, device=z.device)],
+        torch.tensor(rows_weights, dtype=torch.float32),
+        torch.tensor(rows_group),
+    )
+    # The batch's padding: plain encoded empty chunks (A1111's pad_cond), after the weighted rows.
+    every = torch.cat([weighted, z[:1]])
+    n_chunks = max(len(r) for r in entry_rows)
+    index = [r + [len(weighted)] * (n_chunks - len(r)) for r in entry_rows]
+    embeds = every[torch.tensor(index, device=every.device)]
+    embeds = embeds.reshape(len(index), n_chunks * every.shape[1], every.shape[2]).to(
+        device=device, dtype=dtype
+    )
+
+    def rows_of(text: str) -> Schedule:
+        return tuple((end, entries[(text, t)]) for end, t in schedules[text])
+
+    return Conditioning(embeds, [rows_of(p) for p in prompts_], [rows_of(n) for n in negatives])
+
+
+class ScheduleSwap:
+    """``callback_on_step_end``: ``inner`` (the progress callback) first, then the next call's embeddings
+    where the schedule changes. The pipeline must list ``prompt_embeds`` in its tensor inputs."""
+
+    def __init__(self, conditioning: Conditioning, inner: Any) -> None:
+        self.conditioning, self.inner = conditioning, inner
+
+    def __call__(self, pipe: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out = dict(self.inner(pipe, i, t, kw))
+        if self.conditioning.changes_at(i + 1):
+            positive, negative = self.conditioning.at(i + 1)
+            guided = pipe.do_classifier_free_guidance
+            out["prompt_embeds"] = torch.cat([negative, positive]) if guided else positive
+        return out
