@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="default: random")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0)
-    p.add_argument("--sampler", default=None, help="A1111 sampler name (default DPM++ 2M Karras)")
+    p.add_argument("--sampler", default=None, help="A1111 sampler name (default DPM++ 2M)")
+    p.add_argument("--scheduler", default="Automatic", help="A1111 schedule type (default Automatic)")
+    p.add_argument("--clip-skip", type=int, default=0, help="A1111 clip skip (default 0: the model's)")
     p.add_argument("--size", type=_size, default=(512, 512), help="WxH (default 512x512)")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--init", type=Path, default=None, help="init image: img2img")
@@ -235,6 +237,8 @@ def _generate(args: argparse.Namespace) -> int:
         height=args.size[1],
         count=args.count,
         sampler=args.sampler or DEFAULT_SAMPLER,
+        scheduler=args.scheduler,
+        clip_skip=args.clip_skip,
         kind=kind,
         strength=args.strength,
         init_image=init,
