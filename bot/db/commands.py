@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.db import urls
 from engine.urls import redact
@@ -60,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reason(exc: BaseException, *database_urls: str) -> str:
+    """One line about ``exc``: the driver's own words (not SQLAlchemy's statement and parameters), with
+    no password in it."""
+    cause = getattr(exc, "orig", None) or exc
+    line = next(iter(str(cause).strip().splitlines()), "") or type(cause).__name__
+    for url in database_urls:
+        if secret := urls.password(url):
+            line = line.replace(secret, "***")
+    return f"{type(cause).__name__}: {line[:500]}"
+
+
 def _settings() -> tuple[str, Path]:
     """DATABASE_URL and OUTPUT_DIR from the environment and .env, as the bot reads them."""
     from bot.settings import Settings, SettingsError
@@ -80,6 +94,9 @@ async def _migrate(args: argparse.Namespace) -> int:
         copied = await migrate_db(args.source, target, force=args.force)
     except MigrateError as exc:
         print(f"nothing copied: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:  # unreachable server, refused login, a row the target refused
+        print(f"nothing copied: {_reason(exc, args.source, target)}", file=sys.stderr)
         return 1
     print(f"done: {sum(copied.values())} rows in {len(copied)} tables")
     return 0
@@ -106,6 +123,9 @@ async def _backup(args: argparse.Namespace) -> int:
             print(f"{done} {len(files)} files older than {args.images_older_than:g} days in {args.archive}")
     except BackupError as exc:
         print(f"no backup: {exc}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, OSError) as exc:  # a locked or damaged file, a full disk, no permission
+        print(f"no backup: {_reason(exc, url)}", file=sys.stderr)
         return 1
     return 0
 

@@ -67,3 +67,17 @@ def test_a_password_on_the_command_line_is_refused_without_echoing_it(capsys):
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert "PGPASSWORD" in err and "hunter2" not in err
+
+
+def test_a_refused_login_is_one_line_without_the_password(tmp_path, pg_server, pg_url, monkeypatch, capsys):
+    from bot.db.commands import main
+
+    lite = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    asyncio.run(lite.migrate())
+    asyncio.run(lite.close())
+    monkeypatch.setenv("PGPASSWORD", "not-the-password")
+    target = pg_url.replace(f":{pg_server.password}@", "@")
+    assert main(["migrate-db", "--from", f"sqlite:///{tmp_path / 'bot.db'}", "--to", target]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nothing copied: ") and "password" in err[0], err
+    assert "not-the-password" not in err[0] and pg_server.password not in err[0]
