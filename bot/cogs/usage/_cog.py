@@ -28,11 +28,9 @@ CHART_SECONDS = 20.0  # a chart later than this is left out; the numbers are in 
 async def chart(
     name: str, title: str, activity: Activity, top: list[charts.Bar] | None = None
 ) -> discord.File | None:
-    """The PNG chart of ``activity``, drawn in a thread; None when it fails or takes too long."""
+    """The PNG chart of ``activity``, drawn off the loop; None when it fails or takes too long."""
     try:
-        png = await asyncio.wait_for(
-            asyncio.to_thread(charts.render, title, activity, top or ()), CHART_SECONDS
-        )
+        png = await asyncio.wait_for(charts.draw(title, activity, top or ()), CHART_SECONDS)
     except Exception:  # a chart is a bonus: the answer goes out without it
         log.exception("drawing the %s chart failed", name)
         return None
