@@ -97,3 +97,18 @@ def test_a_model_that_does_not_fit_even_alone_leaves_the_others_working(three_mo
         assert sum(r.slot.disk_loads.values()) == 3  # alpha and beta once; gamma's one try
     finally:
         r.close()
+
+
+def test_a_gigabyte_budget_keeps_fewer_models_on_the_device(three_models):
+    from engine.model_slot import GIB, weight_bytes
+
+    probe = _runner(three_models, cache_models=1)
+    one_model = weight_bytes(probe.slot.pipe)
+    probe.close()
+    # Room for three by count, for one and a half by weight: a second model moves the first off.
+    r = _runner(three_models, cache_models=3, cache_ram=1, cache_gb=1.5 * one_model / GIB)
+    try:
+        r.run([request("b", model="beta")])
+        assert r.slot.cached() == [("alpha", False), ("beta", True)]
+    finally:
+        r.close()
