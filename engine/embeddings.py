@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 MAX_PER_REQUEST = 16
 MAX_LOADED = 64
+# How long a walk of the folder serves: any word of any prompt may be a name, so a miss cannot trigger a
+# new walk the way LoRAs do; files added are seen within this many seconds.
+RESCAN_SECONDS = 5.0
 MAX_VECTORS = 75  # one chunk: A1111 moves an embedding that does not fit to the next chunk, whole
 # Names a prompt cannot write as plain text (A1111's emphasis, prompt editing and extra-network syntax).
 _UNWRITABLE = set("()[]{}<>:|\\")
@@ -149,6 +153,7 @@ class EmbeddingLibrary:
     allow_pickle: bool = False
     _index: dict[str, Path] = field(default_factory=dict)  # lower-case name -> file
     _pattern: re.Pattern[str] | None = None
+    _scanned_at: float | None = None
     _files: dict[tuple[Path, int, int], Embedding] = field(default_factory=dict)  # (file, mtime, size)
     # pipeline -> lower-case name -> the Embedding loaded into it, least recently used first
     _loaded: weakref.WeakKeyDictionary[Any, OrderedDict[str, Embedding]] = field(
@@ -156,7 +161,11 @@ class EmbeddingLibrary:
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _scan(self) -> None:
+    def _scan(self, *, fresh: bool = False) -> None:
+        now = time.monotonic()
+        if not fresh and self._scanned_at is not None and now - self._scanned_at < RESCAN_SECONDS:
+            return
+        self._scanned_at = now
         index: dict[str, Path] = {}
         for path in embedding_files(self.folder):
             if not set(path.stem) & _UNWRITABLE and path.stem.strip() == path.stem:
@@ -168,12 +177,12 @@ class EmbeddingLibrary:
             self._index, self._pattern = index, pattern
 
     def names(self) -> list[str]:
-        self._scan()
+        self._scan(fresh=True)
         return sorted((p.stem for p in self._index.values()), key=str.lower)
 
     def find(self, *texts: str) -> tuple[str, ...]:
         """The embeddings ``texts`` name, as file stems, in order of first use (EmbeddingError past
-        :data:`MAX_PER_REQUEST`). The folder is walked again each time: files come and go."""
+        :data:`MAX_PER_REQUEST`). The folder's names are at most :data:`RESCAN_SECONDS` old."""
         if self.folder is None:
             return ()
         self._scan()
