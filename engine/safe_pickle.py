@@ -42,8 +42,8 @@ class PickleRefused(ValueError):
         self.globals = globals_
         needs = ", ".join(globals_[:5]) + (" …" if len(globals_) > 5 else "") if globals_ else "code"
         super().__init__(
-            f"refusing to load {path.name}: it is a pickle that needs {needs} to load, which could run code; "
-            + OPT_IN
+            f"refusing to load {path.name}: it is a pickle that needs {needs} to load, which the safe "
+            "unpickler does not allow (it could run code or exhaust memory); " + OPT_IN
         )
 
 
@@ -126,6 +126,41 @@ def unsafe_globals(path: Path) -> list[str]:
             return []
 
 
+# Allowed by torch's weights-only unpickler but never needed for weights, and a memory bomb in a few bytes:
+# ``bytearray(10**11)`` allocates and zero-fills 100 GB.
+_BOMBS = {"builtins.bytearray", "__builtin__.bytearray"}
+_MAX_PICKLES = 5  # the legacy format: magic number, version, system info, the object, storage keys
+
+
+def _pickle_globals(path: Path) -> set[str]:
+    """Every global the pickle(s) of ``path`` name, read from their opcodes without running them."""
+    import pickletools
+
+    found: set[str] = set()
+
+    def scan(stream: Any, pickles: int) -> None:
+        for _ in range(pickles):
+            try:
+                for opcode, arg, _pos in pickletools.genops(stream):
+                    if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                        found.add(arg.replace(" ", ".", 1))
+                    elif opcode.name == "STACK_GLOBAL":
+                        found.add("STACK_GLOBAL")  # torch.save never writes it (protocol 2)
+            except ValueError:  # past the last pickle, or not a pickle: the load says why
+                return
+
+    if _is_zip(path):
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith("data.pkl"):
+                    with archive.open(name) as stream:
+                        scan(stream, 1)
+    else:
+        with path.open("rb") as stream:
+            scan(stream, _MAX_PICKLES)
+    return found
+
+
 def _refused_global(exc: Exception) -> str | None:
     """The global named by torch's weights-only refusal, e.g. ``posix.system``."""
     import re
@@ -158,6 +193,12 @@ def load(
             "this kind of file"
         )
     zipped = _is_zip(path)
+    try:
+        bombs = sorted(_pickle_globals(path) & (_BOMBS | {"STACK_GLOBAL"}))
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise _malformed(path, exc) from exc
+    if bombs and not allow_pickle:
+        raise PickleRefused(path, bombs)
     try:
         with allowed_globals():
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)

@@ -114,7 +114,19 @@ def test_a_ckpt_needing_another_global_is_refused_naming_it_unless_allowed(tiny_
     assert pipe.unet is not None
 
 
-def test_a_broken_or_oversized_pickle_gives_a_clear_error(ckpts):
+class _Bomb:
+    """Unpickling this asks bytearray for 10 TB: torch's weights-only unpickler allows bytearray."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return (bytearray, (10**13,))
+
+
+def test_a_broken_oversized_or_memory_bomb_pickle_gives_a_clear_error(ckpts, tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(2)}, "x": _Bomb()}, tmp_path / "bomb.ckpt")
+    torch.save({"x": _Bomb()}, tmp_path / "bomb-legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("bomb.ckpt", "bomb-legacy.pt"):
+        with pytest.raises(safe_pickle.PickleRefused, match=r"needs __builtin__\.bytearray"):
+            safe_pickle.load(tmp_path / name)
     with pytest.raises(safe_pickle.PickleLoadError, match=r"truncated\.ckpt is not a readable PyTorch"):
         safe_pickle.load(ckpts / "truncated.ckpt")
     with pytest.raises(safe_pickle.PickleLoadError, match=r"compvis.ckpt is .* GB, over the"):
