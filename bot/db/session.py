@@ -11,7 +11,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, CursorResult, Result, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -34,6 +35,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+# PostgreSQL refusals that pass, by SQLSTATE class: a connection lost (08; a server restarting), a deadlock or
+# serialization failure (40), a full disk or too many connections (53), the server shutting down (57), and
+# a lock not available (55P03). They are what SQLite's "database is locked" and "disk full" are, so they
+# raise what those do, OperationalError, which the JobManager waits out with a backoff (bot/jobs/manager.py).
+_PG_PASSING_CLASSES = ("08", "40", "53", "57")
+
+
+def _pg_refusal_is_operational(context: ExceptionContext) -> None:
+    if isinstance(context.sqlalchemy_exception, OperationalError):
+        return
+    orig = context.original_exception
+    code = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    if context.is_disconnect or code[:2] in _PG_PASSING_CLASSES or code == "55P03":
+        raise OperationalError(
+            context.statement, context.parameters, orig, connection_invalidated=context.is_disconnect
+        ) from orig
 
 
 class Sessions:
@@ -72,6 +91,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "handle_error", _pg_refusal_is_operational)
         self.sessions = Sessions(async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession))
 
     async def migrate(self) -> None:
