@@ -8,7 +8,6 @@ no row waits on one later in its batch. PostgreSQL's id sequences are then moved
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,15 +50,6 @@ async def _row_counts(conn: AsyncConnection, tables: Sequence[Table]) -> dict[st
     }
 
 
-def _utc(row: dict[str, Any]) -> dict[str, Any]:
-    # SQLite hands timestamps back naive; they are UTC (bot/db/models.py). asyncpg would read a naive one
-    # as the machine's local time.
-    return {
-        k: v.replace(tzinfo=dt.UTC) if isinstance(v, dt.datetime) and v.tzinfo is None else v
-        for k, v in row.items()
-    }
-
-
 def _self_references(table: Table) -> list[Column[Any]]:
     return [fk.parent for fk in table.foreign_keys if fk.column.table is table]
 
@@ -72,7 +62,7 @@ async def _copy_table(source: AsyncConnection, target: AsyncConnection, table: T
         query = select(table).order_by(key).limit(batch)
         if last is not None:
             query = query.where(key > last)
-        rows = [_utc(dict(r._mapping)) for r in await source.execute(query)]
+        rows = [dict(r._mapping) for r in await source.execute(query)]  # timestamps aware (UTCDateTime)
         if not rows:
             return copied
         first_pass = [{**r, **{c.name: None for c in later}} for r in rows]

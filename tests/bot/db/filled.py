@@ -3,7 +3,6 @@ bans, blocked terms, the audit log), and a reader of every row, for the copy and
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sqlalchemy import select
@@ -37,18 +36,11 @@ async def fill(db: Database, jobs: int = 3) -> list[str]:
     return ids
 
 
-def _plain(value: Any) -> Any:
-    # SQLite hands timestamps back naive (they are UTC); PostgreSQL aware.
-    if isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
 async def every_row(db: Database) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, by table, in primary-key order, timestamps aware."""
+    """Every row of every table, by table, in primary-key order."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     async with db.engine.connect() as conn:
         for table in Base.metadata.sorted_tables:
             rows = await conn.execute(select(table).order_by(*table.primary_key.columns))
-            out[table.name] = [tuple(_plain(v) for v in row) for row in rows]
+            out[table.name] = [tuple(row) for row in rows]
     return out
