@@ -112,6 +112,11 @@ def prepare_job(
             ti_hashes = embeddings.hashes(used)
         except embeddings_mod.EmbeddingError as exc:
             raise RequestError(str(exc)) from exc
+    # Chunks of the prompt and of the negative (every text of their editing schedules); RequestError past
+    # PROMPT_CHUNKS. The batch runs at the longer; when they differ the shorter is padded (Pad conds).
+    prompt_chunks, negative_chunks = (
+        chunk_count(tokenizer, *_schedule_texts((t,), request.steps)) for t in counted
+    )
     key = BatchKey(
         source.key,
         request.kind,
@@ -121,7 +126,7 @@ def prepare_job(
         pair.sampler,
         float(request.cfg_scale),
         strength,
-        chunk_count(tokenizer, *_schedule_texts(counted, request.steps)),  # RequestError past PROMPT_CHUNKS
+        max(prompt_chunks, negative_chunks),
         named,
         scheduler=pair.scheduler,
         clip_skip=request.clip_skip,
@@ -136,6 +141,7 @@ def prepare_job(
         upscale=upscale,
         embeddings=used,
         ti_hashes=ti_hashes,
+        pad_conds=prompt_chunks != negative_chunks,
     )
 
 

@@ -389,7 +389,8 @@ class Runner:
         self.pngs.submit(image, lambda: self.infotext(job, index), done, failed)
 
     def infotext(self, job: Job, index: int) -> str:
-        return png_parameters(job, index, self.slot.hash_of(job.source), self.loras)
+        clip_skip = job.key.clip_skip or self._default_clip_skip(job)  # as it ran (_call_pipeline)
+        return png_parameters(job, index, self.slot.hash_of(job.source), self.loras, clip_skip)
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until every PNG handed to the pool is encoded (and its JobDone emitted)."""

@@ -474,6 +474,8 @@ def test_engine_images_read_back_in_a1111(runner) -> None:
         got = parse_generation_parameters(read_png_parameters(image.png) or "")
         assert got["Prompt"] == "a fox, (red:1.2) BREAK snow" and got["Seed"] == str(40 + i)
         assert got["RNG"] == "CPU" and got["Clip skip"] == "2" and got["Steps"] == "2"
+        # BREAK makes the prompt 2 chunks, the empty negative 1: padded to one length, as A1111's option does.
+        assert got["Pad conds"] == "True"
         # A1111 1.10 reads a plain "DPM++ 2M" as Karras, and so does the engine: it says so.
         assert (got["Sampler"], got["Schedule type"]) == ("DPM++ 2M", "Karras")
         assert "Denoising strength" not in got and "Old prompt editing timelines" not in got
@@ -484,6 +486,7 @@ def test_engine_images_read_back_in_a1111(runner) -> None:
     assert isinstance(euler, JobDone)
     got = parse_generation_parameters(read_png_parameters(euler.images[0].png) or "")
     assert (got["Sampler"], got["Schedule type"]) == ("Euler a", "Automatic")
+    assert "Pad conds" not in got and got["Clip skip"] == "1"  # neither written: A1111's defaults
 
     # U1: the first picture upscaled 2x at 0.35, as the bot asks for it.
     up = runner.run(
