@@ -93,7 +93,7 @@ def test_a_compvis_ckpt_loads_without_any_opt_in(tiny_model, ckpts):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tiny_model, ckpts):
+def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tiny_model, ckpts, tmp_path, capsys):
     evil = resolve_model(str(ckpts / "evil.ckpt"))
     with pytest.raises(ModelLoadError) as refused:
         load_pipeline(evil, single_file_config=tiny_model)
@@ -101,6 +101,12 @@ def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tiny_model, ckpts):
     assert "ALLOW_PICKLE_CHECKPOINTS=true" in str(refused.value)
     with pytest.raises(safe_pickle.PickleRefused):
         convert(ckpts / "evil.ckpt", ckpts / "evil.safetensors")
+    # The command line says so in one line, not a traceback.
+    out = tmp_path / "x.png"
+    args = ["--model", str(ckpts / "evil.ckpt"), "--device", "cpu", "--single-file-config", str(tiny_model)]
+    assert main(["generate", "a cat", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("engine generate: refusing to load evil.ckpt"), err
     assert not (ckpts / "PWNED").exists()  # nothing of the file ran
     assert not (ckpts / "evil.safetensors").exists()
 
