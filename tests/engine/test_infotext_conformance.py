@@ -328,6 +328,55 @@ CONFORMANCE: list[tuple[str, str, dict[str, Any]]] = [
         ),
     ),
     (
+        "unquoted hashes (as some tools write them): the value ends at the first comma, and a key of one "
+        "character is never a key",
+        "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, "
+        "Lora hashes: ink: 0123456789ab, b: ba9876543210",
+        a1111(
+            Prompt="a cat",
+            **{"Negative prompt": "", "CFG scale": "7", "Size-1": "512", "Size-2": "512"},
+            Steps="20",
+            Sampler="Euler",
+            Seed="1",
+            **{"Lora hashes": "ink: 0123456789ab"},
+        ),
+    ),
+    (
+        "no spaces after colons and commas; a quote inside a value is kept; a trailing comma",
+        'a cat\nSteps:20,Sampler:Euler a,CFG scale:7,Seed:1,Size:512x512,Note: say "hi",',
+        a1111(
+            Prompt="a cat",
+            **{"Negative prompt": "", "CFG scale": "7", "Size-1": "512", "Size-2": "512"},
+            Steps="20",
+            Sampler="Euler a",
+            Seed="1",
+            Note='say "hi"',
+        ),
+    ),
+    (
+        "'Negative prompt:' counts only at a line's start; CRLF line ends; lines are stripped",
+        "a sign saying Negative prompt: none\r\n  second line  \r\nNegative prompt: ugly\r\n"
+        "Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512\r\n",
+        a1111(
+            Prompt="a sign saying Negative prompt: none\nsecond line",
+            **{"Negative prompt": "ugly", "CFG scale": "7", "Size-1": "512", "Size-2": "512"},
+            Steps="20",
+            Sampler="Euler",
+            Seed="1",
+        ),
+    ),
+    (
+        "an empty prompt: the text is the parameter line alone",
+        "Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512",
+        a1111(
+            Prompt="",
+            **{"Negative prompt": "", "CFG scale": "7", "Size-1": "512", "Size-2": "512"},
+            Steps="20",
+            Sampler="Euler",
+            Seed="1",
+        ),
+    ),
+    (
         "a model name with a comma and colon is quoted; unicode stays as is",
         "ünïcode 🐱 prompt\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, "
         'Model: "my, model: v2", Schedule type: Align Your Steps',
