@@ -2,8 +2,8 @@
 
 The target is migrated to head first; the source must be at head too (start the bot on it once). Rows go
 table by table in foreign-key order, in batches, inside one target transaction: a failure leaves the target
-as it was. A table pointing at itself (a variation's parent job) gets that column in a second pass, so
-no row waits on one later in its batch. PostgreSQL's id sequences are then moved past the copied ids.
+as it was. A table pointing at itself (a variation's parent job) gets that column once all its rows are
+in, so no row waits on one copied after it. PostgreSQL's id sequences are then moved past the copied ids.
 """
 
 from __future__ import annotations
@@ -14,7 +14,18 @@ from typing import Any
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Connection, Integer, Table, delete, func, select, text, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    Table,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -57,6 +68,7 @@ def _self_references(table: Table) -> list[Column[Any]]:
 async def _copy_table(source: AsyncConnection, target: AsyncConnection, table: Table, batch: int) -> int:
     (key,) = table.primary_key.columns  # every table here has a one-column primary key
     later = _self_references(table)
+    pending: dict[str, list[dict[str, Any]]] = {c.name: [] for c in later}
     copied, last = 0, None
     while True:
         query = select(table).order_by(key).limit(batch)
@@ -64,17 +76,18 @@ async def _copy_table(source: AsyncConnection, target: AsyncConnection, table: T
             query = query.where(key > last)
         rows = [dict(r._mapping) for r in await source.execute(query)]  # timestamps aware (UTCDateTime)
         if not rows:
-            return copied
-        first_pass = [{**r, **{c.name: None for c in later}} for r in rows]
-        await target.execute(table.insert(), first_pass)
-        for column in later:
-            for r in rows:
-                if r[column.name] is not None:
-                    await target.execute(
-                        update(table).where(key == r[key.name]).values({column.name: r[column.name]})
-                    )
+            break
+        for name, pairs in pending.items():
+            pairs.extend({"k": r[key.name], "v": r[name]} for r in rows if r[name] is not None)
+        await target.execute(table.insert(), [{**r, **dict.fromkeys(pending)} for r in rows])
         copied += len(rows)
         last = rows[-1][key.name]
+    # Every row is in now, so each one a row points at (in any batch) is there.
+    for name, pairs in pending.items():
+        if pairs:
+            set_later = update(table).where(key == bindparam("k")).values({name: bindparam("v")})
+            await target.execute(set_later, pairs)
+    return copied
 
 
 async def _reset_sequences(target: AsyncConnection, tables: Sequence[Table]) -> None:

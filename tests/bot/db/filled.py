@@ -22,6 +22,7 @@ async def fill(db: Database, jobs: int = 3) -> list[str]:
     for i in range(jobs):
         parent = ids[-1] if ids else None
         job = new_job(
+            id=f"job{jobs - i:02d}",  # each variation's id sorts before its parent's: copied before it
             guild_id=GUILD, channel_id=20, user_id=30 + i % 2, prompt=f"fox {i}", count=2,
             parent_job_id=parent, parent_index=0 if parent else None, seed=2**40 + i,
         )  # fmt: skip
