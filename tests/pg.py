@@ -111,6 +111,14 @@ def _start(bin_dir: Path) -> tuple[PgServer, str | None]:
     user = _run_as()
     # Not pytest's tmp_path: as root that is mode 0700, which the server's user could not enter.
     data_dir = Path(tempfile.mkdtemp(prefix="pg-test-"))
+    try:
+        return _init_and_start(bin_dir, data_dir, user), user
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+
+
+def _init_and_start(bin_dir: Path, data_dir: Path, user: str | None) -> PgServer:
     password = secrets.token_hex(16)
     pwfile = data_dir / "pw"
     pwfile.write_text(password)
@@ -119,11 +127,13 @@ def _start(bin_dir: Path) -> tuple[PgServer, str | None]:
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
         os.chown(pwfile, entry.pw_uid, entry.pw_gid)
     cluster = data_dir / "cluster"
-    subprocess.run(
+    made = subprocess.run(
         _as_user(user, [str(bin_dir / "initdb"), "-D", str(cluster), "-U", SUPERUSER, "-A", "scram-sha-256",
                         f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale", "--no-sync"]),
-        check=True, capture_output=True, timeout=120,
+        capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+    if made.returncode != 0:
+        raise RuntimeError(f"initdb failed: {made.stderr.strip()[-2000:]}")
     pwfile.unlink()
     for attempt in itertools.count():
         port = _free_port()
@@ -135,7 +145,7 @@ def _start(bin_dir: Path) -> tuple[PgServer, str | None]:
             capture_output=True, text=True, timeout=90,
         )  # fmt: skip
         if started.returncode == 0:
-            return PgServer(bin_dir, cluster, port, password, itertools.count()), user
+            return PgServer(bin_dir, cluster, port, password, itertools.count())
         if attempt == 2:  # another process took the port between our probe and the server's bind, thrice
             log = (data_dir / "server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"postgres did not start: {started.stderr}\n{log}")
