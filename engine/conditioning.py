@@ -62,6 +62,13 @@ class Conditioning:
             for s in (self.prompt_schedules, self.negative_schedules)
         )
 
+    def inputs_at(self, pipe: Any, step: int) -> dict[str, Any]:
+        """The pipeline's ``prompt_embeds`` from model call ``step`` on, when it changes there."""
+        if not self.changes_at(step):
+            return {}
+        positive, negative = self.at(step)
+        return {"prompt_embeds": _guided(pipe, negative, positive)}
+
 
 def schedule_steps(steps: int, scheduler: Any) -> int:
     """The model calls A1111 spreads a schedule over: two per step for a second-order sampler (Heun, DPM2,
@@ -140,18 +147,93 @@ def encode_conditioning(
 
 
 class ScheduleSwap:
-    """``callback_on_step_end``: ``inner`` (the progress callback) first, then the next call's embeddings
-    where the schedule changes. The pipeline must list ``prompt_embeds`` in its tensor inputs."""
+    """``callback_on_step_end``: ``inner`` (the progress callback) first, then the tensors the pipeline
+    should use from the next model call on, where the schedule changes there (:meth:`Conditioning` rows, or
+    an SDXL batch's states). The pipeline must list ``prompt_embeds`` in its tensor inputs."""
 
-    def __init__(self, conditioning: Conditioning, inner: Any) -> None:
-        self.conditioning, self.inner = conditioning, inner
+    def __init__(self, schedule: Conditioning | SdxlStates, inner: Any) -> None:
+        self.schedule, self.inner = schedule, inner
 
     def __call__(self, pipe: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
         out = dict(self.inner(pipe, i, t, kw))
-        if self.conditioning.changes_at(i + 1):
-            positive, negative = self.conditioning.at(i + 1)
-            guided = pipe.do_classifier_free_guidance
-            out["prompt_embeds"] = torch.cat([negative, positive]) if guided else positive
+        out.update(self.schedule.inputs_at(pipe, i + 1))
         return out
+
+
+def _guided(pipe: Any, negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """What diffusers' loop holds: ``[negative, positive]`` with guidance, else the positive rows."""
+    import torch
+
+    return torch.cat([negative, positive]) if pipe.do_classifier_free_guidance else positive
+
+
+@dataclass
+class SdxlStates:
+    """An SDXL batch's editing schedule: the pipeline inputs (both encoders' embeddings, the pooled ones)
+    of each run of model calls whose texts stay the same. A1111's SDXL reads editing the same way."""
+
+    starts: list[int]  # the first model call of each state, from 0
+    states: list[dict[str, torch.Tensor]]  # prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, ...
+
+    @property
+    def static(self) -> bool:
+        return len(self.starts) == 1
+
+    def inputs_at(self, pipe: Any, step: int) -> dict[str, Any]:
+        if step not in self.starts:
+            return {}
+        state = self.states[self.starts.index(step)]
+        return {
+            "prompt_embeds": _guided(pipe, state["negative_prompt_embeds"], state["prompt_embeds"]),
+            "add_text_embeds": _guided(
+                pipe, state["negative_pooled_prompt_embeds"], state["pooled_prompt_embeds"]
+            ),
+        }
+
+
+def sdxl_states(
+    prompts_: Sequence[str], negatives: Sequence[str], steps: int
+) -> list[tuple[int, list[str], list[str]]] | None:
+    """``(first model call, prompts, negatives)`` of each run of calls whose texts stay the same over
+    ``steps`` calls; None when no text has editing (the batch is encoded as before)."""
+    schedules = {text: prompt_schedule(text, steps) for text in dict.fromkeys([*prompts_, *negatives])}
+    if all(s == ((steps, text),) for text, s in schedules.items()):
+        return None
+    out: list[tuple[int, list[str], list[str]]] = []
+    for call in range(steps):
+        now = [
+            [schedules[t][entry_at(schedules[t], call)][1] for t in texts] for texts in (prompts_, negatives)
+        ]
+        if not out or now != [out[-1][1], out[-1][2]]:
+            out.append((call, now[0], now[1]))
+    return out
+
+
+def encode_sdxl_states(
+    pipe: Any, states: list[tuple[int, list[str], list[str]]], device: Any, dtype: Any
+) -> SdxlStates:
+    """Each state's SDXL inputs: A1111's encoding (engine/prompts_sdxl.py), or for plain texts the
+    pipeline's own (what ``prompt=`` would give), so that every state can be handed over as tensors."""
+    from engine.prompts_sdxl import encode_prompts_sdxl
+
+    encoded: list[dict[str, Any]] = []
+    for _, positive, negative in states:
+        embeds = encode_prompts_sdxl(pipe, positive, negative, device, dtype)
+        if embeds is not None:
+            encoded.append(embeds.as_kwargs())
+            continue
+        names = (
+            "prompt_embeds",
+            "negative_prompt_embeds",
+            "pooled_prompt_embeds",
+            "negative_pooled_prompt_embeds",
+        )
+        own = pipe.encode_prompt(
+            prompt=positive,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=True,
+            negative_prompt=negative,
+        )
+        encoded.append(dict(zip(names, own, strict=True)))
+    return SdxlStates([start for start, _, _ in states], encoded)

@@ -149,3 +149,34 @@ def test_hostile_or_unsupported_prompts_are_refused_before_running(runner, unet_
 @pytest.mark.parametrize("prompt", ["[" * 1500, "[a|" * 500, "(" * 700 + "[a:b:1]" + ")" * 700])
 def test_brackets_nested_past_the_parsers_depth_read_as_plain_text(prompt):
     assert prompt_schedule(prompt, 150) == ((150, prompt),)
+
+
+def test_editing_on_sdxl_switches_both_encoders_and_the_pooled_embedding(tiny_sdxl_dir):
+    from engine.runner import Runner
+
+    runner = Runner(tiny_sdxl_dir, device="cpu", max_batch=2, worker_id="xl-edit")
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(module, args, kwargs):
+        context, pooled = kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]["text_embeds"]
+        seen.append((context[1:].detach().clone(), pooled[1:].detach().clone()))  # the positive row
+
+    pipe = runner.pipe
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        done = runner.run([request("x", prompt="[cat:dog:0.5]", negative_prompt="blurry", steps=4)])["x"]
+    finally:
+        handle.remove()
+        runner.close()
+    assert isinstance(done, JobDone)
+    own = {
+        t: pipe.encode_prompt(prompt=[t], device="cpu", negative_prompt=["blurry"]) for t in ("cat", "dog")
+    }
+    got = []
+    for context, pooled in seen:
+        for name, (embeds, _, pooled_embeds, _) in own.items():
+            if torch.allclose(context, embeds, atol=1e-5) and torch.allclose(
+                pooled, pooled_embeds, atol=1e-5
+            ):
+                got.append(name)
+    assert got == ["cat", "cat", "cat", "dog"]
