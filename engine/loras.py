@@ -8,7 +8,8 @@ text encoder's), and the named forms ``te=``/``unet=`` in any order (``<lora:nam
 A1111. Only the positive prompt activates LoRAs (A1111's rule). Every tag is cut out of the text exactly as
 A1111 does it (nothing around it goes: ``"a cat, <lora:x>"`` encodes ``"a cat, "``). What A1111 can do and
 this engine cannot is refused rather than dropped: ``<hypernet:...>`` (hypernetworks), a ``dyn=`` rank,
-other extra-network types and named arguments.
+other named arguments. Other extra-network types are cut out and skipped, as A1111 does (in a Discord
+prompt they are mostly markup: ``<a:emoji:123>``, ``<t:1700000000:R>``).
 
 Files load through diffusers' ``load_lora_weights`` (which reads kohya/A1111 files as well as diffusers'
 own; pickled ``.pt``/``.ckpt`` ones through the safe unpickler, engine/safe_pickle.py), once per file and
@@ -173,7 +174,10 @@ def extract(prompt: str) -> tuple[str, Loras]:
         if kind == "hypernet":
             raise LoraError(f"hypernetworks are not supported here; remove {tag!r} (LoRAs are: <lora:name>)")
         if kind not in LORA_TAGS:
-            raise LoraError(f"unknown extra network {tag!r}; this engine applies <lora:name:weight> tags")
+            # A1111 cuts any other <word:...> out of the text and skips it. In Discord prompts these are
+            # mostly markup, such as an animated emoji <a:name:id> or a timestamp <t:1700000000:R>.
+            log.info("skipping unknown extra network %s", tag[:80])
+            continue
         name, te, unet = _parse_tag(tag, match.group(2))
         old_te, old_unet = weights.get(name, (0.0, 0.0))
         weights[name] = (old_te + te, old_unet + unet)
@@ -185,8 +189,6 @@ def extract(prompt: str) -> tuple[str, Loras]:
                 f"LoRA {name!r} has a weight of {shown}; it must be between {bounds.WEIGHT.lo:g} and "
                 f"{bounds.WEIGHT.hi:g}, all its tags together"
             )
-    if not weights:
-        return prompt, ()
     return _TAG.sub("", prompt), tuple(sorted(Lora(n, te, unet) for n, (te, unet) in weights.items()))
 
 
