@@ -180,3 +180,18 @@ def test_editing_on_sdxl_switches_both_encoders_and_the_pooled_embedding(tiny_sd
             ):
                 got.append(name)
     assert got == ["cat", "cat", "cat", "dog"]
+
+
+def test_the_texts_of_one_schedule_share_their_emphasis_mean():
+    # A1111 encodes a prompt's schedule texts in one call, and "Original" emphasis restores the mean of that
+    # whole call: a plain text of the schedule is rescaled too, and each text alone keeps no mean.
+    from engine.prompts import apply_emphasis
+
+    z = torch.arange(1, 1 + 2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4) / 10
+    weights = torch.tensor([[1.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    together = apply_emphasis(z, weights, torch.tensor([0, 0]))
+    torch.testing.assert_close(together.mean(), z.mean())
+    assert not torch.allclose(together[1], z[1])  # the plain text is scaled with its group
+    alone = apply_emphasis(z, weights)  # each chunk its own group: the plain one comes back as it was
+    assert torch.equal(alone[1], z[1])
+    torch.testing.assert_close(alone[0].mean(), z[0].mean())
