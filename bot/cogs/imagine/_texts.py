@@ -29,7 +29,10 @@ def queued(job: Job, position: int, eta: float | None) -> str:
 def describe(job: Job) -> str:
     """The parameter line under a result: seed(s), sampler, steps, cfg, size, time."""
     seeds = f"seed {job.seed}" if job.count == 1 else f"seeds {job.seed}–{job.seed + job.count - 1}"
-    parts = [seeds, job.sampler, f"{job.steps} steps", f"CFG {job.cfg_scale:g}", f"{job.width}×{job.height}"]
+    sampler = job.sampler if job.scheduler in (None, "", "Automatic") else f"{job.sampler} {job.scheduler}"
+    parts = [seeds, sampler, f"{job.steps} steps", f"CFG {job.cfg_scale:g}", f"{job.width}×{job.height}"]
+    if job.clip_skip and job.clip_skip > 1:
+        parts.append(f"clip skip {job.clip_skip}")
     if job.kind == JobKind.IMG2IMG:
         parts.insert(0, f"variation (strength {job.strength:g})")
     elif job.kind == JobKind.UPSCALE:

@@ -49,6 +49,7 @@ async def test_scheduler_and_clip_skip_flags_reach_the_job_and_a_reroll(
         result = await fake.wait_for_message(
             lambda m: m.interaction_id == inter.id and _has_picture(m), timeout=120
         )
+        assert "Euler Karras · 2 steps" in result.content and "clip skip 2" in result.content
         reroll = next(b for b in result.buttons() if (b.get("emoji") or {}).get("name") == REROLL)
         again = await fake.click(result, reroll["custom_id"], user=alice)
         await fake.wait_for_message(lambda m: m.interaction_id == again.id and _has_picture(m), timeout=120)
