@@ -25,6 +25,7 @@ Torch-free: the request check (engine/requests.py) uses it before a job is queue
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -84,7 +85,8 @@ class _Parser:
         """The longest run of plain text and complete constructs from ``i`` (maybe empty)."""
         if i in self.prompts:
             return self.prompts[i]
-        text, parts, start = self.text, [], i
+        text, start = self.text, i
+        parts: list[_Part] = []
         while i < len(text):
             m = _PLAIN.match(text, i)
             if m is not None:
@@ -172,7 +174,8 @@ class _Parser:
     def start(self) -> tuple[_Part, ...] | None:
         """The whole prompt: constructs where they parse, stray brackets and colons as text; None when a
         ``|`` is outside any alternation or a backslash escapes nothing (A1111 then uses the prompt as is)."""
-        text, parts, i = self.text, [], 0
+        text, i = self.text, 0
+        parts: list[_Part] = []
         while i < len(text):
             found, end = self.prompt(i)
             parts.extend(found)
@@ -268,7 +271,7 @@ def schedule_texts(prompt: str, steps: int) -> list[str]:
     return list(dict.fromkeys(text for _, text in prompt_schedule(prompt, steps)))
 
 
-def entry_at(schedule: tuple[tuple[int, str], ...], step: int) -> int:
+def entry_at(schedule: Sequence[tuple[int, object]], step: int) -> int:
     """The index of the entry used at model call ``step`` (0-based): A1111's lookup, which takes the first
     entry whose ``end_at_step`` is at least ``step``, and the first entry when none is."""
     for index, (end, _) in enumerate(schedule):
