@@ -8,7 +8,7 @@ import re
 from hypothesis import strategies as st
 
 from engine import bounds
-from engine.sampler_names import SAMPLER_NAMES
+from engine.sampler_names import SAMPLER_NAMES, SCHEDULE_NAMES
 
 DISCORD_MESSAGE_CHARS = 2000
 
@@ -36,6 +36,7 @@ prompt_text = st.lists(st.one_of(syntax_piece, st.text(any_char, max_size=20)), 
 # Inline flags: every alias in every case, unknown ones, and values of every shape a member might type.
 FLAG_NAMES = (
     "ar", "aspect", "no", "seed", "steps", "cfg", "sampler", "count", "n", "model", "strength",
+    "scheduler", "schedule", "clip-skip", "clipskip", "Scheduler", "clip", "skip",
     "AR", "Steps", "CFG", "Seed", "N", "quality", "v", "stylize", "x-y", "a_b",
 )  # fmt: skip
 NUMBERS = (
@@ -53,6 +54,8 @@ flag_value = st.one_of(
     st.sampled_from(ASPECT_VALUES),
     st.sampled_from(SAMPLER_NAMES),
     st.sampled_from(SAMPLER_NAMES).map(str.lower),
+    st.sampled_from(SCHEDULE_NAMES),
+    st.sampled_from(SCHEDULE_NAMES).map(str.upper),
     st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     prompt_text,
@@ -116,6 +119,8 @@ _valid_flag = st.one_of(
     st.sampled_from(("1:1", "16:9", "2:3", "4:1", "1:4", "7:5")).map(lambda v: f" --ar {v}"),
     st.floats(bounds.CFG.lo, bounds.CFG.hi).map(lambda v: f" --cfg {v}"),
     st.sampled_from(SAMPLER_NAMES).map(lambda v: f" --sampler {v}"),
+    st.sampled_from(SCHEDULE_NAMES).map(lambda v: f" --scheduler {v}"),
+    st.integers(bounds.CLIP_SKIP.lo, bounds.CLIP_SKIP.hi).map(lambda v: f" --clip-skip {v}"),
     st.integers(bounds.SEED.lo, bounds.SEED.hi).map(lambda v: f" --seed {v}"),
     st.floats(bounds.STRENGTH.lo, bounds.STRENGTH.hi).map(lambda v: f" --strength {v}"),
     st.sampled_from(("blurry", "text, watermark", "(ugly:1.3)")).map(lambda v: f" --no {v}"),
