@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.sampler_names import (
@@ -223,6 +224,10 @@ _BUILT: dict[tuple[str, str, str], Any] = {}
 
 def _build(spec: SchedulerSpec) -> Any:
     import diffusers
+
+    # DPM++ SDE: diffusers asks its Brownian tree for noise between float32 sigmas that can lie a rounding
+    # error outside the float64 interval the tree was built on; torchsde warns then, at every step.
+    warnings.filterwarnings("ignore", message=r"Should have (ta>=t0|tb<=t1)", module="torchsde")
 
     cls: type[ConfigMixin]
     if spec.cls_name == "LMSDiscreteScheduler":
