@@ -2,6 +2,7 @@
 
 import asyncio
 import datetime as dt
+import time
 
 import pytest
 from alembic import command
@@ -105,3 +106,21 @@ async def test_recovery_queries(store):
     await store.mark_delivered("c", 555)
     assert await store.undelivered() == []
     assert (await store.by_message(555)).id == "c"
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch):
+    """The machine's local time zone is UTC-5/-4 for the test (a bot host need not run in UTC)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+async def test_timestamps_are_utc_whatever_the_machine_zone_or_the_value_zone(store, far_from_utc):
+    noon = dt.datetime(2026, 5, 4, 12, 0)
+    await store.create(_job("naive", created_at=noon))  # naive: UTC by this schema's rule
+    await store.create(_job("paris", created_at=noon.replace(tzinfo=dt.timezone(dt.timedelta(hours=2)))))
+    assert (await store.get("naive")).created_at == noon.replace(tzinfo=dt.UTC)
+    assert (await store.get("paris")).created_at == dt.datetime(2026, 5, 4, 10, 0, tzinfo=dt.UTC)
