@@ -47,7 +47,7 @@ class ScheduleInfo:
 _SPACINGS = frozenset({"Uniform", "Normal", "SGM Uniform", "Simple", "DDIM"})
 _SIGMAS = frozenset({"Karras", "Exponential", "Polyexponential", "Beta"})
 _ALL = _SPACINGS | _SIGMAS
-_CUSTOM = frozenset({"KL Optimal", "Align Your Steps"})  # sigma lists passed in: EulerDiscreteScheduler only
+_CUSTOM = frozenset({"KL Optimal", "Align Your Steps"})  # sigma lists made in engine/samplers.py
 
 # A1111 1.10's sampler list, in its order (the first is its default sampler).
 SAMPLERS: tuple[SamplerInfo, ...] = (
@@ -57,7 +57,7 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     SamplerInfo("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "Exponential", schedules=_ALL),
     SamplerInfo("DPM++ 2S a", ("k_dpmpp_2s_a",), "Karras", schedules=_SIGMAS | {"Uniform"}),
     SamplerInfo("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "Exponential", schedules=_ALL),
-    SamplerInfo("Euler a", ("k_euler_a", "k_euler_ancestral"), schedules=_SPACINGS),
+    SamplerInfo("Euler a", ("k_euler_a", "k_euler_ancestral"), schedules=_ALL | _CUSTOM),
     SamplerInfo("Euler", ("k_euler",), schedules=_ALL | _CUSTOM),
     SamplerInfo("LMS", ("k_lms",), schedules=_ALL),
     SamplerInfo("Heun", ("k_heun",), schedules=_ALL),
@@ -283,7 +283,5 @@ def resolve(sampler: str | None, scheduler: str | None = None) -> Resolved:
 def _instead(info: SamplerInfo, label: str) -> str:
     """The nearest working choice for a sampler that cannot take schedule type ``label``."""
     if label in _CUSTOM:
-        return f"`Euler` runs `{label}`"
-    if info.name == "Euler a" and label in _SIGMAS:
-        return f"`Euler a` runs {', '.join(sorted(_SPACINGS))}; `DPM2 a` or `DPM++ 2S a` run `{label}`"
+        return f"`Euler` and `Euler a` run `{label}`"
     return f"`{info.name}` runs {', '.join(sorted(info.schedules))}"

@@ -86,7 +86,7 @@ _SCHEDULE_CONFIG: dict[str, dict[str, Any]] = {
     "Exponential": {**_LINSPACE, "use_exponential_sigmas": True},
     "Polyexponential": {**_LINSPACE, "use_exponential_sigmas": True},
     "Beta": {**_LINSPACE, "use_beta_sigmas": True},  # alpha = beta = 0.6, A1111's defaults too
-    "KL Optimal": _LINSPACE,  # sigmas computed here (_CustomSigmas)
+    "KL Optimal": _LINSPACE,  # sigma lists made here (_SIGMA_LISTS)
     "Align Your Steps": _LINSPACE,
     AUTOMATIC: {},  # samplers with their own timesteps: the model's config as it is
 }
@@ -104,6 +104,17 @@ _SCHEDULE_KEYS = (
     "timestep_spacing",
     "rescale_betas_zero_snr",
 )
+
+# Schedule types that run as a sigma list made here (schedule_sigmas), by sampler: its scheduler class has no
+# diffusers setting for them.
+_EULER_LISTS, _EULER_A_LISTS = "CustomSigmasEulerScheduler", "CustomSigmasEulerAncestralScheduler"
+_SIGMA_LISTS: dict[str, tuple[str, frozenset[str]]] = {
+    "Euler": (_EULER_LISTS, frozenset({"KL Optimal", "Align Your Steps"})),
+    "Euler a": (
+        _EULER_A_LISTS,
+        frozenset({"Karras", "Exponential", "Polyexponential", "Beta", "KL Optimal", "Align Your Steps"}),
+    ),
+}
 
 # NVIDIA's Align Your Steps sigmas for SD 1.5 at 10 steps (published with the method; A1111 1.10 uses the
 # same), log-linearly interpolated to other step counts.
@@ -129,11 +140,41 @@ def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[fl
     return [math.tan(i / steps * lo + (1 - i / steps) * hi) for i in range(steps + 1)]
 
 
-def _custom_sigmas_class(schedule: str) -> type[ConfigMixin]:
-    """EulerDiscreteScheduler computing its sigma list for ``schedule`` (KL Optimal, Align Your Steps): the
-    pipelines call ``set_timesteps(steps)``, and Euler takes a custom list through ``sigmas=``."""
+def schedule_sigmas(schedule: str, steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """The sigma list A1111 computes for a schedule type without a diffusers setting on the scheduler that
+    runs it: ``steps`` sigmas from ``sigma_max`` then a final 0 (KL Optimal ends at ``sigma_min``)."""
     import numpy as np
-    from diffusers import EulerDiscreteScheduler
+
+    ramp = np.linspace(0, 1, steps)
+    if schedule == "Karras":  # rho = 7, as A1111 and k-diffusion
+        lo, hi = sigma_min ** (1 / 7), sigma_max ** (1 / 7)
+        sigmas = (hi + ramp * (lo - hi)) ** 7
+    elif schedule in ("Exponential", "Polyexponential"):
+        sigmas = np.exp(np.log(sigma_max) + ramp * (np.log(sigma_min) - np.log(sigma_max)))
+    elif schedule == "Beta":  # alpha = beta = 0.6, as A1111 and diffusers
+        from scipy import stats
+
+        sigmas = sigma_min + stats.beta.ppf(1 - ramp, 0.6, 0.6) * (sigma_max - sigma_min)
+    elif schedule == "Align Your Steps":
+        return ays_sigmas(steps)
+    elif schedule == "KL Optimal":
+        return kl_optimal_sigmas(steps, sigma_min, sigma_max)
+    else:
+        raise ValueError(f"no sigma list for {schedule}")
+    return [float(x) for x in sigmas] + [0.0]
+
+
+def _custom_sigmas_class(cls_name: str, schedule: str) -> type[ConfigMixin]:
+    """Euler or Euler a (``cls_name``) computing its sigma list for ``schedule``: the pipelines call
+    ``set_timesteps(steps)``. Euler takes a custom list through ``sigmas=``; Euler a has no such parameter,
+    so its list and the timesteps of its sigmas replace the ones it set up."""
+    import numpy as np
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    def sigmas_for(scheduler: Any, steps: int) -> list[float]:
+        model = np.sqrt((1 - scheduler.alphas_cumprod.numpy()) / scheduler.alphas_cumprod.numpy())
+        return schedule_sigmas(schedule, steps, float(model[0]), float(model[-1]))
 
     class CustomSigmasEulerScheduler(EulerDiscreteScheduler):
         def set_timesteps(  # the same call; sigmas filled in when none are given
@@ -144,15 +185,19 @@ def _custom_sigmas_class(schedule: str) -> type[ConfigMixin]:
             sigmas: list[float] | None = None,
         ) -> None:
             if sigmas is None and timesteps is None and num_inference_steps is not None:
-                model = np.sqrt((1 - self.alphas_cumprod.numpy()) / self.alphas_cumprod.numpy())
-                if schedule == "Align Your Steps":
-                    sigmas = ays_sigmas(num_inference_steps)
-                else:
-                    sigmas = kl_optimal_sigmas(num_inference_steps, float(model[0]), float(model[-1]))
-                num_inference_steps = None
+                sigmas, num_inference_steps = sigmas_for(self, num_inference_steps), None
             super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
 
-    return CustomSigmasEulerScheduler
+    class CustomSigmasEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
+        def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
+            super().set_timesteps(num_inference_steps, device)
+            sigmas = np.array(sigmas_for(self, num_inference_steps), dtype=np.float32)
+            log_model = np.log(np.sqrt((1 - self.alphas_cumprod.numpy()) / self.alphas_cumprod.numpy()))
+            steps = np.interp(np.log(sigmas[:-1]), log_model, np.arange(len(log_model))).astype(np.float32)
+            self.sigmas = torch.from_numpy(sigmas)  # kept on the CPU, as diffusers does
+            self.timesteps = torch.from_numpy(steps).to(device=device)
+
+    return CustomSigmasEulerScheduler if cls_name == _EULER_LISTS else CustomSigmasEulerAncestralScheduler
 
 
 def _lms_class() -> type[ConfigMixin]:
@@ -183,7 +228,7 @@ def _lms_class() -> type[ConfigMixin]:
 
 
 class SchedulerSpec(NamedTuple):
-    cls_name: str  # a diffusers class, or CustomSigmasEulerScheduler (KL Optimal, Align Your Steps)
+    cls_name: str  # a diffusers class, or one of _SIGMA_LISTS's (Euler, Euler a with a list made here)
     schedule: str  # the schedule type that runs
     config: dict[str, Any]
 
@@ -197,8 +242,9 @@ def scheduler_config(sampler: str | None, scheduler: str | None, base_config: An
     if config.get("trained_betas") is None:
         config.pop("trained_betas", None)
     cls_name, extra = _TABLE[pair.sampler]
-    if pair.scheduler in ("KL Optimal", "Align Your Steps"):
-        cls_name = "CustomSigmasEulerScheduler"
+    listed = _SIGMA_LISTS.get(pair.sampler)
+    if listed is not None and pair.scheduler in listed[1]:
+        cls_name = listed[0]
     return SchedulerSpec(cls_name, pair.scheduler, {**config, **extra, **_SCHEDULE_CONFIG[pair.scheduler]})
 
 
@@ -232,8 +278,8 @@ def _build(spec: SchedulerSpec) -> Any:
     cls: type[ConfigMixin]
     if spec.cls_name == "LMSDiscreteScheduler":
         cls = _lms_class()
-    elif spec.cls_name == "CustomSigmasEulerScheduler":
-        cls = _custom_sigmas_class(spec.schedule)
+    elif spec.cls_name in (_EULER_LISTS, _EULER_A_LISTS):
+        cls = _custom_sigmas_class(spec.cls_name, spec.schedule)
     else:
         cls = getattr(diffusers, spec.cls_name)
     accepted = inspect.signature(cls.__init__).parameters

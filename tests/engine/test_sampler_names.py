@@ -171,9 +171,9 @@ def test_a1111_falls_back_where_the_engine_refuses():
         ("DDIM", "Karras", "`Euler` or `DPM\\+\\+ 2M` with `Karras`"),  # own timesteps: A1111 ignores it
         ("UniPC", "Exponential", "use Automatic"),
         ("LCM", "Karras", "use Automatic"),
-        ("Euler a", "Karras", "`DPM2 a` or `DPM\\+\\+ 2S a` run `Karras`"),  # no diffusers flag
-        ("DPM++ 2M", "KL Optimal", "`Euler` runs `KL Optimal`"),
-        ("Heun", "Align Your Steps", "`Euler` runs `Align Your Steps`"),
+        ("LMS", "KL Optimal", "`Euler` and `Euler a` run `KL Optimal`"),
+        ("DPM++ 2M", "KL Optimal", "`Euler` and `Euler a` run `KL Optimal`"),
+        ("Heun", "Align Your Steps", "`Euler` and `Euler a` run `Align Your Steps`"),
         ("DPM++ 2S a", "SGM Uniform", "`DPM\\+\\+ 2S a` runs Beta, Exponential, Karras"),
     ],
 )

@@ -63,6 +63,11 @@ SCHEDULES = {
     "Align Your Steps": {"timestep_spacing": "linspace"},
     "Automatic": {"timestep_spacing": "leading"},  # the model's own (the tiny model's PNDM config)
 }
+# pairs whose sigma list is made here: the scheduler class has no diffusers setting for them
+LISTS = {("Euler", t): "CustomSigmasEulerScheduler" for t in ("KL Optimal", "Align Your Steps")} | {
+    ("Euler a", t): "CustomSigmasEulerAncestralScheduler"
+    for t in ("Karras", "Exponential", "Polyexponential", "Beta", "KL Optimal", "Align Your Steps")
+}
 RUNNABLE = [
     (s.name, t)
     for s in SAMPLERS
@@ -84,8 +89,7 @@ def test_every_pair_gets_its_class_and_config(runner):
     for sampler, schedule in RUNNABLE:
         spec = scheduler_config(sampler, schedule, base)
         cls, fields = CLASSES[sampler]
-        custom = spec.schedule in ("KL Optimal", "Align Your Steps")
-        assert spec.cls_name == ("CustomSigmasEulerScheduler" if custom else cls), (sampler, schedule)
+        assert spec.cls_name == LISTS.get((sampler, spec.schedule), cls), (sampler, schedule)
         expected = {**fields, **SCHEDULES[spec.schedule]}
         for key in FLAGS:
             expected.setdefault(key, False)
@@ -136,6 +140,18 @@ def test_custom_sigma_lists():
     assert len(kl_sigmas) == 9 and max(steps) == pytest.approx(min(steps), rel=1e-3)
 
 
+def test_euler_a_runs_a_karras_list():
+    sched = make_scheduler("Euler a", "Karras", SD15)
+    sched.set_timesteps(10)
+    sigmas = [float(s) for s in sched.sigmas]
+    lo, hi = 0.029168 ** (1 / 7), 14.6146 ** (1 / 7)  # SD 1.x sigma at t=0 and t=999
+    expected = [(hi + i / 9 * (lo - hi)) ** 7 for i in range(10)] + [0.0]
+    assert sigmas == pytest.approx(expected, rel=1e-3)
+    timesteps = [float(t) for t in sched.timesteps]  # the UNet sees each sigma's own timestep
+    assert len(timesteps) == 10 and timesteps[0] == pytest.approx(999, abs=0.5)
+    assert timesteps[-1] == pytest.approx(0, abs=0.5) and all(a > b for a, b in itertools.pairwise(timesteps))
+
+
 def test_unrunnable_pairs_are_refused_by_the_builder_too():
     with pytest.raises(UnknownSamplerError, match="runs its own timesteps"):
         make_scheduler("DDIM", "Karras", {})
@@ -152,20 +168,21 @@ def test_every_sampler_renders(runner, name):
 def test_a_non_default_pair_renders_and_sde_noise_follows_the_seed(runner):
     """DPM++ SDE with the Beta schedule, twice from the same seed: the same PNGs. The Brownian tree's seed is
     set per image (diffusers would draw a random one), so an image depends on its seed only. And Euler with
-    Align Your Steps (a sigma list of its own) renders."""
+    Align Your Steps and Euler a with Karras (sigma lists made here) render."""
     first = runner.run([request("a", sampler="DPM++ SDE", scheduler="Beta", seed=7, count=2)])["a"]
     again = runner.run([request("b", sampler="DPM++ SDE", scheduler="Beta", seed=7, count=2)])["b"]
     assert isinstance(first, JobDone) and isinstance(again, JobDone), getattr(first, "reason", first)
     assert first.images == again.images
-    ays = runner.run([request("c", sampler="Euler", scheduler="Align Your Steps", steps=3)])["c"]
-    assert isinstance(ays, JobDone), getattr(ays, "reason", ays)
+    for sampler, schedule in (("Euler", "Align Your Steps"), ("Euler a", "Karras")):
+        res = runner.run([request("c", sampler=sampler, scheduler=schedule, steps=3)])["c"]
+        assert isinstance(res, JobDone), getattr(res, "reason", res)
 
 
 def test_unknown_names_fail_the_request_naming_the_nearest(runner):
     res = runner.run([request("s", sampler="Euler z")])["s"]
     assert isinstance(res, JobFailed) and "did you mean `Euler a`?" in res.reason
-    res = runner.run([request("t", sampler="Euler a", scheduler="Karras")])["t"]
-    assert isinstance(res, JobFailed) and "`DPM2 a` or `DPM++ 2S a` run `Karras`" in res.reason
+    res = runner.run([request("t", sampler="LMS", scheduler="KL Optimal")])["t"]
+    assert isinstance(res, JobFailed) and "`Euler` and `Euler a` run `KL Optimal`" in res.reason
 
 
 def test_the_batch_key_holds_the_schedule_that_runs_and_clip_skip(runner):
