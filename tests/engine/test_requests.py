@@ -76,7 +76,7 @@ def test_both_accept_a_valid_request_and_batch_it_alike(runner):
 def test_a_prompt_of_too_many_breaks_is_refused_while_a_model_loads(runner, monkeypatch):
     # While the runner swaps models it has no tokenizer; the BREAKs alone still count (they used to count
     # as one chunk: the prompt was queued, and failed its whole batch when encoded).
-    monkeypatch.setattr(runner.slot, "pipe", None)
+    monkeypatch.setattr(runner.slot, "current", None)  # no model on the device: the swap in progress
     with pytest.raises(RequestError, match="over 8 chunks"):
         runner.prepare(request("long", prompt=TOO_MANY_BREAKS))
     job = runner.prepare(request("fine", prompt="a cat BREAK a dog"))
