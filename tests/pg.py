@@ -43,7 +43,7 @@ def pg_bin_dir() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -136,7 +136,7 @@ def _init_and_start(bin_dir: Path, data_dir: Path, user: str | None) -> PgServer
         raise RuntimeError(f"initdb failed: {made.stderr.strip()[-2000:]}")
     pwfile.unlink()
     for attempt in itertools.count():
-        port = _free_port()
+        port = free_port()
         # fsync off: a test server's data need not survive a power cut; the socket in its own folder.
         options = f"-h 127.0.0.1 -p {port} -k {data_dir} -F -c max_connections=200"
         started = subprocess.run(

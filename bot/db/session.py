@@ -55,6 +55,15 @@ def _pg_refusal_is_operational(context: ExceptionContext) -> None:
         ) from orig
 
 
+def _unreachable_is_operational(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    # A server that cannot be reached (down for a restart, the network) fails in the driver's connect with a
+    # plain OSError, past SQLAlchemy's error handling: make it the same refusal as the ones above.
+    try:
+        return dialect.loaded_dbapi.connect(*cargs, **cparams)
+    except OSError as exc:
+        raise OperationalError(None, None, exc) from exc
+
+
 class Sessions:
     """The stores' session factory: ``sessions()`` for reading, ``sessions.begin()`` for one write
     transaction.
@@ -93,6 +102,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             event.listen(self.engine.sync_engine, "handle_error", _pg_refusal_is_operational)
+            event.listen(self.engine.sync_engine, "do_connect", _unreachable_is_operational)
         self.sessions = Sessions(async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession))
 
     async def migrate(self) -> None:

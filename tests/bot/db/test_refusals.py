@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 from bot.db import Database, Job
 from bot.db.jobs import JobStore
 from tests.bot.jobrows import new_job
+from tests.pg import free_port
 
 
 async def test_a_dropped_postgresql_connection_is_an_operational_error_and_the_next_try_works(
@@ -26,3 +27,13 @@ async def test_a_dropped_postgresql_connection_is_an_operational_error_and_the_n
         assert (await store.get("after")) is not None
     finally:
         await db.close()
+
+
+async def test_a_postgresql_server_that_cannot_be_reached_is_an_operational_error():
+    db = Database(f"postgresql+asyncpg://bot:s3cret@127.0.0.1:{free_port()}/imagine")  # nothing listens
+    try:
+        with pytest.raises(OperationalError) as refused:
+            await JobStore(db.sessions).get("any")
+    finally:
+        await db.close()
+    assert "s3cret" not in str(refused.value)
