@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from bot.cogs.imagine import _redelivery as redelivery
 from fakediscord.permissions import READ_MESSAGE_HISTORY, SEND_MESSAGES
@@ -70,17 +71,26 @@ async def _imagine_undelivered(fake, tmp_path, guild, channel, user, prompt, cou
     return inter
 
 
+def _off(key: str, tensor: Any) -> Any:
+    import torch
+
+    down = "lora_A" in key or "lora_down" in key or "lora.down" in key
+    keeps_width = "attn2" in key and ("to_k" in key or "to_v" in key) and down
+    return torch.zeros(tensor.shape[0] + 3, tensor.shape[1] if keeps_width else tensor.shape[1] + 5)
+
+
 def _wrong_shape_lora(path: Path) -> None:
     """A LoRA for another architecture: every tensor a few rows and columns off, as a LoRA made for SDXL
     is to an SD 1.5 model. diffusers refuses it with one line per tensor (thousands of characters)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from engine.tiny import make_tiny_lora
 
     good = make_tiny_lora(path.with_name("good.safetensors"))
     tensors = load_file(good)
-    save_file({k: torch.zeros(v.shape[0] + 3, v.shape[1] + 5) for k, v in tensors.items()}, path)
+    # The cross-attention's text width stays right, so the header check (engine/loras.py check_family) lets
+    # it through and the load itself fails: the long error this test is about.
+    save_file({k: _off(k, v) for k, v in tensors.items()}, path)
     good.unlink()
 
 
@@ -118,7 +128,7 @@ async def test_engine_failures_reach_members_clipped_and_without_paths(
         assert "Traceback" not in reason
     # The full reason stays in the database for admins (bounded by the manager).
     assert len(_row(tmp_path, "a cat <lora:wrong_shape:0.8>")["error"]) > 1650
-    assert str(models) in _row(tmp_path, "a dog")["error"]
+    assert "broken.safetensors" in _row(tmp_path, "a dog")["error"]
 
 
 async def test_refusals_for_good_are_given_up_and_the_author_is_told(
