@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.sd15 import MODEL_INDEX as SD1_MODEL_INDEX
 from engine.sd15 import TEXT_ENCODER_CONFIG as CLIP_L_CONFIG
+from engine.sd15 import UNET_CONFIG as SD1_UNET_CONFIG
 from engine.sd15 import VAE_CONFIG as SD_VAE_CONFIG
 from engine.sd15 import _write_json, cached_folder, clip_vocab_and_merges
 from engine.tiny import write_tokenizer
@@ -106,30 +108,13 @@ SDXL_MODEL_INDEX: dict[str, Any] = {
     "vae": ["diffusers", "AutoencoderKL"],
 }
 
+# SD 1.5's UNet with a 1024-wide text context, per-level head counts (64 channels each), linear projections
+# and 768² latents.
 SD2_UNET_CONFIG: dict[str, Any] = {
-    "_class_name": "UNet2DConditionModel",
-    "act_fn": "silu",
+    **SD1_UNET_CONFIG,
     "attention_head_dim": [5, 10, 20, 20],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
     "cross_attention_dim": 1024,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
     "sample_size": 96,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "upcast_attention": True,  # 2.1's fp16 attention overflows without it
     "use_linear_projection": True,
 }
@@ -144,18 +129,7 @@ SD2_TEXT_ENCODER_CONFIG: dict[str, Any] = {
     "num_hidden_layers": 23,
     "projection_dim": 512,
 }
-SD2_MODEL_INDEX: dict[str, Any] = {
-    "_class_name": "StableDiffusionPipeline",
-    "feature_extractor": [None, None],
-    "image_encoder": [None, None],
-    "requires_safety_checker": False,
-    "safety_checker": [None, None],
-    "scheduler": ["diffusers", "DDIMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
+SD2_MODEL_INDEX: dict[str, Any] = {**SD1_MODEL_INDEX, "scheduler": ["diffusers", "DDIMScheduler"]}
 
 
 def write_sdxl_config(path: str | Path) -> Path:
