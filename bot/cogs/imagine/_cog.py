@@ -132,7 +132,10 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         deferred = await interaction.response.defer(thinking=True)
         try:
             await asyncio.to_thread(self._check_model, params.model)  # walks the model folder
-            await asyncio.to_thread(self._check_loras, params.prompt)  # walks the LoRA folder
+            model = params.model
+            if model is None and interaction.guild_id is not None:
+                model = (await self.bot.admission.store.rules(interaction.guild_id, 0)).default_model
+            await asyncio.to_thread(self._check_loras, params.prompt, model)  # walks the LoRA folder
             kind, init, size = JobKind.TXT2IMG, None, None
             if image is not None:
                 kind = JobKind.IMG2IMG
@@ -216,9 +219,11 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             listed = ", ".join(names[:15]) if names else "none: this server has no model folder set up"
             raise PolicyError(f"There is no model called `{safe(name, 60)}`. Available: {listed}.")
 
-    def _check_loras(self, prompt: str | None) -> None:
-        """Refuse a <lora:...> tag the engine would fail on, at once and privately. Only for local workers:
-        they use this machine's LoRA folder; NATS workers have their own and answer for themselves."""
+    def _check_loras(self, prompt: str | None, model: str | None) -> None:
+        """Refuse a <lora:...> tag the engine would fail on, at once and privately: an unknown one, or one
+        made for another family than ``model``'s (None: MODEL), as far as the files' headers tell. Only for
+        local workers: they use this machine's LoRA folder; NATS workers have their own and answer for
+        themselves."""
         s = self.bot.settings
         if not prompt or s.engine_transport != "local":
             return
@@ -226,7 +231,9 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
             _, loras = lora_tags.extract(prompt)
             if loras:
                 folder = lora_tags.default_folder(s.lora_dir, s.models_dir)
-                lora_tags.LoraLibrary(folder, allow_pickle=s.allow_pickle_checkpoints).check(loras)
+                entry = models_dir.entry_for(s, model)
+                family = entry.family if entry is not None else None
+                lora_tags.LoraLibrary(folder, allow_pickle=s.allow_pickle_checkpoints).check(loras, family)
         except lora_tags.LoraError as exc:
             raise PolicyError(f"That prompt's LoRA can't be used: {safe(str(exc), 400)}.") from None
 

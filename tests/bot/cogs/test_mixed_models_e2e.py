@@ -1,6 +1,6 @@
 """Issue 13's "done when", through the loopback Discord and real engine workers: a MODELS_DIR holding a
 tiny SDXL and a tiny SD 1.5; `/imagine model:<sdxl>` posts a grid at the SDXL model's default size, and
-U1, V1 and 🔄 work on it."""
+U1, V1 and 🔄 work on it; a LoRA made for SD 1.x, named with the SDXL model, is refused privately."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from engine.families import model_defaults
 from engine.pnginfo import parse_generation_parameters, read_png_parameters
+from tests.bot.answers import refusal, settled
 
 REROLL = "🔄"
 
@@ -46,6 +49,13 @@ async def test_sdxl_and_sd15_in_one_models_dir(
     shutil.copytree(tiny_sdxl_dir, models / "tiny-xl")
     write_tiny_sidecar(models / "tiny-xl")  # tiny-xl.json beside it: the tiny SDXL's native size
     xl_side = model_defaults(models / "tiny-xl").native_size
+    (models.parent / "Lora").mkdir()
+    # kohya's metadata names the base model it was trained on (its header says so; no weights are read).
+    save_file(
+        {"lora_unet_x.lora_down.weight": torch.zeros(1, 1)},
+        str(models.parent / "Lora" / "kohya15.safetensors"),
+        {"ss_base_model_version": "sd_v1"},
+    )
     assert xl_side != 128  # DEFAULT_SIZE (make_settings): the SD 1.5 size differs
 
     fake = fake_discord
@@ -76,6 +86,16 @@ async def test_sdxl_and_sd15_in_one_models_dir(
         await _result_of(fake, var)
         again = await fake.click(grid, _button(grid, REROLL), user=alice)
         await _result_of(fake, again)
+        # A LoRA made for SD 1.x, named with the SDXL model: refused privately before anything is queued.
+        sd15_lora = await fake.invoke(
+            "imagine",
+            {"prompt": "a cat <lora:kohya15:0.8>", "model": "tiny-xl"},
+            guild=guild,
+            channel=channel,
+            user=alice,
+        )
+        await settled(fake, sd15_lora)
+        assert "made for SD 1.x models and this model is SDXL" in (refusal(sd15_lora) or "")
         picture = Image.open(io.BytesIO(upscaled.attachments[0].data))
         assert picture.size == (2 * xl_side, 2 * xl_side)
 
