@@ -84,7 +84,7 @@ def test_sampler_names_import_without_torch():
 
 
 def test_every_pair_gets_its_class_and_config(runner):
-    base = runner.pipe.scheduler.config
+    base = runner.slot.base_scheduler_config  # the model's own: pipe.scheduler is the last batch's
     assert set(CLASSES) == set(SAMPLER_NAMES)
     for sampler, schedule in RUNNABLE:
         spec = scheduler_config(sampler, schedule, base)
@@ -109,14 +109,14 @@ def test_every_pair_gets_its_class_and_config(runner):
     ],
 )
 def test_diffusers_takes_the_config(runner, sampler, schedule):
-    spec = scheduler_config(sampler, schedule, runner.pipe.scheduler.config)
-    sched = make_scheduler(sampler, schedule, runner.pipe.scheduler.config)
+    spec = scheduler_config(sampler, schedule, runner.slot.base_scheduler_config)
+    sched = make_scheduler(sampler, schedule, runner.slot.base_scheduler_config)
     assert type(sched).__name__ == spec.cls_name
     taken = inspect.signature(type(sched).__init__).parameters
     assert set(spec.config) - set(taken) <= {"timestep_spacing", "steps_offset"}  # none in single-step
     for key in taken & spec.config.keys():
         assert sched.config[key] == spec.config[key], key
-    assert make_scheduler(sampler, schedule, runner.pipe.scheduler.config) is not sched  # a fresh one
+    assert make_scheduler(sampler, schedule, runner.slot.base_scheduler_config) is not sched  # a fresh one
 
 
 def test_custom_sigma_lists():
