@@ -10,6 +10,7 @@ leaves the models that were there working.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -40,6 +41,10 @@ class LoadedModel:
     base_scheduler_config: dict[str, Any] = field(default_factory=dict)
     on_device: bool = False
     family: Family = Family.SD1
+    # A copy of the pipeline's tokenizer for counting a request's chunks on the worker's reader thread while
+    # the runner thread encodes: a fast tokenizer keeps padding and truncation as state, set before each
+    # call, so two threads on one tokenizer can encode "" unpadded into a 2-token negative (a failed batch).
+    counting_tokenizer: Any = None
 
 
 def weight_bytes(pipe: Any) -> int:
@@ -116,6 +121,11 @@ class ModelSlot:
     @property
     def base_scheduler_config(self) -> dict[str, Any]:
         return self.current.base_scheduler_config if self.current is not None else {}
+
+    @property
+    def counting_tokenizer(self) -> Any:
+        """The current model's tokenizer for other threads than the runner's (None while none is loaded)."""
+        return self.current.counting_tokenizer if self.current is not None else None
 
     def hash_of(self, source: loading.ModelSource) -> str | None:
         """The hash of ``source`` if it is loaded (a PNG is encoded after the batch: the model may have
@@ -246,6 +256,7 @@ class ModelSlot:
         entry.img2img = AutoPipelineForImage2Image.from_pipe(entry.pipe)
         entry.img2img.set_progress_bar_config(disable=True)
         entry.base_scheduler_config = dict(entry.pipe.scheduler.config)
+        entry.counting_tokenizer = copy.deepcopy(getattr(entry.pipe, "tokenizer", None))
 
     def _place(self, pipe: Any) -> None:
         pipe.set_progress_bar_config(disable=True)

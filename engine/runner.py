@@ -192,7 +192,8 @@ class Runner:
             resolve_model=self.slot.resolve,
             loras=self.loras,
             embeddings=self.embeddings,
-            tokenizer=getattr(self.slot.pipe, "tokenizer", None),  # None while another model loads
+            # Not the pipeline's own tokenizer, which the runner thread may be using (engine/model_slot.py).
+            tokenizer=self.slot.counting_tokenizer,  # None while another model loads
         )
 
     def plan(self, jobs: Iterable[Job]) -> list[tuple[Job, list[int]]]:

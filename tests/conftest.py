@@ -25,7 +25,7 @@ pytest_plugins = ["fakediscord.plugin", "tests.pg"]  # tests.pg: a real PostgreS
 # the loop can close.
 
 
-REAP_WAIT = 15.0
+REAP_WAIT = 5.0
 
 
 @pytest.fixture(autouse=True)

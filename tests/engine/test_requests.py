@@ -87,3 +87,22 @@ def test_importing_the_simulated_runner_does_not_import_torch():
     code = "import engine.simulate, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+class _InUse:
+    """A tokenizer the runner thread is busy with: any other thread touching it is the bug."""
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the pipeline's tokenizer was used outside the runner thread")
+
+    def __getattr__(self, name: str) -> None:
+        raise AssertionError(f"the pipeline's tokenizer was used outside the runner thread ({name})")
+
+
+def test_requests_are_counted_without_the_tokenizer_the_runner_encodes_with(runner, monkeypatch):
+    # A fast tokenizer keeps padding as state: counted on the reader thread while the runner encoded, a
+    # batch's "" negative came out unpadded (2 tokens, not 77) and the whole batch failed.
+    long = request("long", prompt=" ".join(["word"] * 100) + " BREAK a cat")
+    counted = runner.prepare(long).key.chunks
+    monkeypatch.setattr(runner.slot.current.pipe, "tokenizer", _InUse())
+    assert runner.prepare(long).key.chunks == counted > 2  # over 75 tokens, and a BREAK
