@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("engine.nats_worker")
 
 DEFAULT_MAX_DELIVERIES = 3
+CLOSE_SECONDS = 5.0  # closing the broker connection when the worker leaves
 
 
 @dataclass(slots=True)
@@ -196,8 +197,9 @@ class NatsWorker:
             # marks done. Everything that matters (results, acks) was awaited above; flush the rest.
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=2)
-            with contextlib.suppress(Exception):
-                await nc.close()
+            with contextlib.suppress(Exception):  # TimeoutError included: leaving is bounded whatever
+                # the broker connection does (a close once waited past a test's 20 s on a loaded machine).
+                await asyncio.wait_for(nc.close(), CLOSE_SECONDS)
             self._gpu.shutdown(wait=False)
         log.info("worker %s stopped", self.worker_id)
         return 0
