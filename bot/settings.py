@@ -8,7 +8,6 @@ A bad value stops the start with one line that names the setting.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,144 +15,29 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from bot.db import urls as database_urls
+from bot.setting_values import (
+    Secret,
+    SettingsError,
+    bool_,
+    choice_,
+    database_url_,
+    device_,
+    host_,
+    ids_,
+    int_,
+    log_level_,
+    namespace_,
+    port_,
+    secret_,
+    str_,
+    url_,
+)
 from engine import bounds
 from engine.nats_connect import NatsAuth, NatsConfigError, broker, check_url
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg"
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message is one line naming it."""
-
-
-class Secret:
-    """A string that never prints itself (the bot token): repr, str and f-strings show ``***``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-# ---------------------------------------------------------------------------------------------- parsers
-
-
-def _str(raw: str) -> str:
-    return raw.strip()
-
-
-def _secret(raw: str) -> Secret:
-    return Secret(raw.strip())
-
-
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected a whole number, got {raw!r}") from None
-        if lo is not None and value < lo:
-            raise ValueError(f"must be at least {lo}, got {value}")
-        if hi is not None and value > hi:
-            raise ValueError(f"must be at most {hi}, got {value}")
-        return value
-
-    return parse
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _ids(raw: str) -> tuple[int, ...]:
-    parts = [p for p in re.split(r"[,\s]+", raw.strip()) if p]
-    if not all(p.isdigit() for p in parts):
-        raise ValueError(f"expected comma-separated numeric Discord ids, got {raw!r}")
-    return tuple(int(p) for p in parts)
-
-
-def _url(*schemes: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().rstrip("/")
-        if not any(value.startswith(s + "://") for s in schemes):
-            raise ValueError(f"expected a {' or '.join(schemes)} URL, got {value!r}")
-        return value
-
-    return parse
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def _device(raw: str) -> str:
-    value = raw.strip().lower()
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise ValueError(f"expected auto, cpu, mps, cuda or cuda:N, got {raw!r}")
-    return value
-
-
-def _namespace(raw: str) -> str:
-    value = raw.strip()
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
-        raise ValueError(f"expected 1-64 of A-Z a-z 0-9 _ -, got {raw!r}")
-    return value
-
-
-def _log_level(raw: str) -> str:
-    value = raw.strip().upper()
-    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
-    return value
-
-
-def _port(raw: str) -> int | None:
-    """Empty: off. 0: a free port the system picks (the bot logs which)."""
-    if not raw.strip():
-        return None
-    return _int(0, 65535)(raw)
-
-
-def _host(raw: str) -> str:
-    value = raw.strip()
-    if not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", value):
-        raise ValueError(f"expected a host name or IP address, got {raw!r}")
-    return value
-
-
-def _database_url(raw: str) -> str:
-    return database_urls.normalize(raw)
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -168,119 +52,119 @@ class Spec:
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("DISCORD_TOKEN", _secret, None, "Bot token from https://discord.com/developers/applications → Bot"),
+    Spec("DISCORD_TOKEN", secret_, None, "Bot token from https://discord.com/developers/applications → Bot"),
     Spec(
         "DISCORD_API_BASE",
-        _url("http", "https"),
+        url_("http", "https"),
         DISCORD_API_BASE,
         "REST base URL (a proxy or a loopback Discord)",
     ),
-    Spec("DISCORD_GATEWAY_URL", _url("ws", "wss"), DISCORD_GATEWAY_URL, "Gateway websocket URL"),
+    Spec("DISCORD_GATEWAY_URL", url_("ws", "wss"), DISCORD_GATEWAY_URL, "Gateway websocket URL"),
     Spec(
         "GUILD_IDS",
-        _ids,
+        ids_,
         "",
         "Sync slash commands to these guilds at once (comma-separated) instead of globally",
     ),
     Spec(
         "DATABASE_URL",
-        _database_url,
+        database_url_,
         "sqlite+aiosqlite:///data/bot.db",
         "SQLite or PostgreSQL URL (sqlite:///data/bot.db, postgresql://user:password@host/dbname)",
     ),
-    Spec("OUTPUT_DIR", _str, "data/images", "Folder where every generated image is saved as PNG"),
-    Spec("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    Spec("LOG_FORMAT", _choice("text", "json"), "text", "text, or json: one JSON object a line for shippers"),
-    Spec("MODEL", _str, DEFAULT_MODEL, "Hub id, local diffusers folder, or a .safetensors checkpoint file"),
+    Spec("OUTPUT_DIR", str_, "data/images", "Folder where every generated image is saved as PNG"),
+    Spec("LOG_LEVEL", log_level_, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Spec("LOG_FORMAT", choice_("text", "json"), "text", "text, or json: one JSON object a line for shippers"),
+    Spec("MODEL", str_, DEFAULT_MODEL, "Hub id, local diffusers folder, or a .safetensors checkpoint file"),
     Spec(
         "MODELS_DIR",
-        _str,
+        str_,
         "",
         "Folder of checkpoint files users can pick by name (e.g. A1111 models/Stable-diffusion)",
     ),
     Spec(
         "LORA_DIR",
-        _str,
+        str_,
         "",
         "Folder of LoRA files for <lora:name:weight> in prompts (default: a Lora folder beside MODELS_DIR)",
     ),
     Spec(
         "EMBEDDINGS_DIR",
-        _str,
+        str_,
         "",
         "Folder of textual-inversion embeddings used by file name in prompts "
         "(default: an embeddings folder beside MODELS_DIR's models/, as in A1111)",
     ),
     Spec(
         "ALLOW_PICKLE_CHECKPOINTS",
-        _bool,
+        bool_,
         "false",
         "Read pickles (.ckpt/.pt/.bin) that the safe unpickler refuses with the full one (runs their code)",
     ),
-    Spec("DEVICE", _device, "auto", "auto, cpu, mps, cuda or cuda:N"),
+    Spec("DEVICE", device_, "auto", "auto, cpu, mps, cuda or cuda:N"),
     Spec(
         "DTYPE",
-        _choice("auto", "fp16", "bf16", "fp32"),
+        choice_("auto", "fp16", "bf16", "fp32"),
         "auto",
         "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32",
     ),
     Spec(
         "ENGINE_TRANSPORT",
-        _choice("local", "nats"),
+        choice_("local", "nats"),
         "local",
         "local: engine processes on this machine; nats: remote workers",
     ),
     Spec(
-        "ENGINE_WORKERS", _int(1, 16), "1", "Engine worker processes to start (local transport; one per GPU)"
+        "ENGINE_WORKERS", int_(1, 16), "1", "Engine worker processes to start (local transport; one per GPU)"
     ),
-    Spec("ENGINE_MAX_BATCH", _int(1, 64), "4", "Most images one UNet batch runs together"),
-    Spec("ENGINE_ARGS", _str, "", "Extra flags for each engine worker, e.g. --compile or --cpu-offload"),
-    Spec("MODEL_CACHE", _int(1, 16), "2", "Models each engine worker keeps loaded on its device (LRU)"),
-    Spec("MODEL_CACHE_RAM", _int(0, 16), "0", "Models moved off the device kept in CPU RAM, not dropped"),
-    Spec("MODEL_CACHE_GB", _int(0, 4096), "0", "Most GB of model weights on a device at once (0: no limit)"),
+    Spec("ENGINE_MAX_BATCH", int_(1, 64), "4", "Most images one UNet batch runs together"),
+    Spec("ENGINE_ARGS", str_, "", "Extra flags for each engine worker, e.g. --compile or --cpu-offload"),
+    Spec("MODEL_CACHE", int_(1, 16), "2", "Models each engine worker keeps loaded on its device (LRU)"),
+    Spec("MODEL_CACHE_RAM", int_(0, 16), "0", "Models moved off the device kept in CPU RAM, not dropped"),
+    Spec("MODEL_CACHE_GB", int_(0, 4096), "0", "Most GB of model weights on a device at once (0: no limit)"),
     Spec("NATS_URL", check_url, "nats://127.0.0.1:4222", "NATS server URL (nats transport; tls:// for TLS)"),
-    Spec("NATS_USER", _str, "", "NATS user name (with NATS_PASSWORD), if the server asks for one"),
-    Spec("NATS_PASSWORD", _secret, "", "NATS password of NATS_USER"),
-    Spec("NATS_TOKEN", _secret, "", "NATS token, if the server asks for a token instead"),
-    Spec("NATS_CREDS", _str, "", "NATS .creds file or nkey seed file, for servers set up with nsc or nkeys"),
-    Spec("NATS_NAMESPACE", _namespace, "imagine", "Prefix of NATS subjects and streams"),
-    Spec("NATS_LEASE_SECONDS", _int(5, 3600), "30", "Seconds until a dead worker's job is requeued"),
-    Spec("DEFAULT_STEPS", _int(bounds.STEPS.lo, bounds.STEPS.hi), "20", "Steps when the user gives none"),
-    Spec("DEFAULT_CFG", _str, "7", "CFG scale when the user gives none"),
-    Spec("DEFAULT_SAMPLER", _str, "DPM++ 2M Karras", "Sampler (A1111 name) when the user gives none"),
+    Spec("NATS_USER", str_, "", "NATS user name (with NATS_PASSWORD), if the server asks for one"),
+    Spec("NATS_PASSWORD", secret_, "", "NATS password of NATS_USER"),
+    Spec("NATS_TOKEN", secret_, "", "NATS token, if the server asks for a token instead"),
+    Spec("NATS_CREDS", str_, "", "NATS .creds file or nkey seed file, for servers set up with nsc or nkeys"),
+    Spec("NATS_NAMESPACE", namespace_, "imagine", "Prefix of NATS subjects and streams"),
+    Spec("NATS_LEASE_SECONDS", int_(5, 3600), "30", "Seconds until a dead worker's job is requeued"),
+    Spec("DEFAULT_STEPS", int_(bounds.STEPS.lo, bounds.STEPS.hi), "20", "Steps when the user gives none"),
+    Spec("DEFAULT_CFG", str_, "7", "CFG scale when the user gives none"),
+    Spec("DEFAULT_SAMPLER", str_, "DPM++ 2M Karras", "Sampler (A1111 name) when the user gives none"),
     Spec(
         "DEFAULT_SIZE",
-        _int(64, 2048),
+        int_(64, 2048),
         "512",
         "Side of a 1:1 image in pixels; other aspects keep its pixel count",
     ),
-    Spec("PREVIEW_EVERY", _int(0, 150), "5", "Post a preview every N steps while a job runs (0: none)"),
-    Spec("QUEUE_CAP", _int(1, 100000), "500", "Most jobs queued across all guilds"),
-    Spec("ADMIN_USER_IDS", _ids, "", "User ids that may use admin commands in every guild"),
-    Spec("ADMIN_ROLE_IDS", _ids, "", "Role ids whose members may use admin commands (in those roles' guild)"),
+    Spec("PREVIEW_EVERY", int_(0, 150), "5", "Post a preview every N steps while a job runs (0: none)"),
+    Spec("QUEUE_CAP", int_(1, 100000), "500", "Most jobs queued across all guilds"),
+    Spec("ADMIN_USER_IDS", ids_, "", "User ids that may use admin commands in every guild"),
+    Spec("ADMIN_ROLE_IDS", ids_, "", "Role ids whose members may use admin commands (in those roles' guild)"),
     Spec(
         "SAFETY_CHECKER",
-        _str,
+        str_,
         "",
         "Safety checker folder the engine runs for channels not marked NSFW (empty: none)",
     ),
-    Spec("DEFAULT_DAILY_IMAGES", _int(0, 1_000_000), "200", "Images per user per day (resets 00:00 UTC)"),
-    Spec("DEFAULT_QUEUED_JOBS", _int(0, 1_000), "10", "Jobs one user may have queued or running"),
-    Spec("DEFAULT_COOLDOWN_SECONDS", _int(0, 86_400), "0", "Seconds a user waits between two jobs"),
-    Spec("DEFAULT_MAX_STEPS", _int(bounds.STEPS.lo, bounds.STEPS.hi), "50", "Most sampling steps per job"),
+    Spec("DEFAULT_DAILY_IMAGES", int_(0, 1_000_000), "200", "Images per user per day (resets 00:00 UTC)"),
+    Spec("DEFAULT_QUEUED_JOBS", int_(0, 1_000), "10", "Jobs one user may have queued or running"),
+    Spec("DEFAULT_COOLDOWN_SECONDS", int_(0, 86_400), "0", "Seconds a user waits between two jobs"),
+    Spec("DEFAULT_MAX_STEPS", int_(bounds.STEPS.lo, bounds.STEPS.hi), "50", "Most sampling steps per job"),
     Spec(
         "DEFAULT_MAX_PIXELS",
-        _int(bounds.PIXELS.lo, bounds.PIXELS.hi),
+        int_(bounds.PIXELS.lo, bounds.PIXELS.hi),
         "1572864",
         "Most pixels per image, width × height (room for 2× upscales of 512-pixel pictures)",
     ),
-    Spec("DEFAULT_MAX_COUNT", _int(bounds.COUNT.lo, bounds.COUNT.hi), "4", "Most images per job"),
-    Spec("DEFAULT_ALLOW_IMG2IMG", _bool, "true", "Allow variations, upscales and image prompts"),
-    Spec("METRICS_PORT", _port, "", "Port of /metrics (Prometheus) and /healthz; empty: off"),
-    Spec("METRICS_HOST", _host, "127.0.0.1", "Address METRICS_PORT listens on (0.0.0.0: every interface)"),
+    Spec("DEFAULT_MAX_COUNT", int_(bounds.COUNT.lo, bounds.COUNT.hi), "4", "Most images per job"),
+    Spec("DEFAULT_ALLOW_IMG2IMG", bool_, "true", "Allow variations, upscales and image prompts"),
+    Spec("METRICS_PORT", port_, "", "Port of /metrics (Prometheus) and /healthz; empty: off"),
+    Spec("METRICS_HOST", host_, "127.0.0.1", "Address METRICS_PORT listens on (0.0.0.0: every interface)"),
     Spec(
         "HEALTH_MAX_WAIT",
-        _int(1, 86_400),
+        int_(1, 86_400),
         "600",
         "/healthz fails once the oldest queued job has waited this many seconds",
     ),
