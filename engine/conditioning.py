@@ -237,3 +237,39 @@ def encode_sdxl_states(
         )
         encoded.append(dict(zip(names, own, strict=True)))
     return SdxlStates([start for start, _, _ in states], encoded)
+
+
+def text_inputs(
+    pipe: Any,
+    kwargs: dict[str, Any],
+    *,
+    sdxl: bool,
+    calls: int,
+    size: tuple[int, int],
+    clip_skip: int,
+    device: Any,
+    dtype: Any,
+) -> Conditioning | SdxlStates | None:
+    """Turn the pipeline call's ``prompt``/``negative_prompt`` texts in ``kwargs`` into what it needs: the
+    texts themselves where the pipeline's own encoding gives the same, else embeddings (A1111 emphasis,
+    BREAK, over 75 tokens, clip skip, editing; SDXL always: both encoders, pooled, size conditioning).
+    Returns the schedule whose later steps the step callback swaps in (None: nothing changes per step)."""
+    from engine.prompts_sdxl import sdxl_inputs, size_conditioning
+
+    width, height = size
+    if sdxl:
+        texts = kwargs.pop("prompt"), kwargs.pop("negative_prompt")
+        if (states := sdxl_states(*texts, calls)) is None:
+            kwargs.update(sdxl_inputs(pipe, *texts, width, height, device, dtype))
+            return None
+        # Prompt editing: the first state's tensors now, the others from the step callback.
+        encoded = encode_sdxl_states(pipe, states, device, dtype)
+        kwargs.update(encoded.states[0], **size_conditioning(width, height))
+        return encoded
+    schedule = encode_conditioning(
+        pipe, kwargs["prompt"], kwargs["negative_prompt"], device, dtype, steps=calls, clip_skip=clip_skip
+    )
+    if schedule is not None:
+        del kwargs["prompt"], kwargs["negative_prompt"]
+        kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = schedule.at(0)
+    return schedule

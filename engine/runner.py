@@ -43,7 +43,6 @@ from engine.model_slot import ModelSlot
 from engine.pngs import PngEncoder, png_parameters
 from engine.preview import Previewer
 from engine.progress import Interrupted, StepProgress
-from engine.prompts_sdxl import sdxl_inputs, size_conditioning
 from engine.protocol import (
     DEFAULT_SAMPLER,
     Event,
@@ -347,28 +346,16 @@ class Runner:
         pipe.scheduler = make_scheduler(key.sampler, key.scheduler, self.slot.base_scheduler_config)
         if uses_noise_seeds(pipe.scheduler):  # DPM++ SDE: one Brownian tree per image, on the image's seed
             pipe.scheduler.noise_sampler_seed = [job.request.seeds[i] for job, i in items]
-        schedule: conditioning.Conditioning | conditioning.SdxlStates | None = None
-        calls = conditioning.schedule_steps(key.steps, pipe.scheduler)
-        if sdxl:  # both text encoders, the pooled embedding, size conditioning: engine/prompts_sdxl.py
-            texts = kwargs.pop("prompt"), kwargs.pop("negative_prompt")
-            if (states := conditioning.sdxl_states(*texts, calls)) is None:
-                kwargs.update(sdxl_inputs(pipe, *texts, key.width, key.height, self.device, self.dtype))
-            else:  # prompt editing: the first state's tensors now, the others from the step callback
-                schedule = conditioning.encode_sdxl_states(pipe, states, self.device, self.dtype)
-                kwargs.update(schedule.states[0], **size_conditioning(key.width, key.height))
-        elif (
-            schedule := conditioning.encode_conditioning(
-                pipe,
-                kwargs["prompt"],
-                kwargs["negative_prompt"],
-                self.device,
-                self.dtype,
-                steps=calls,
-                clip_skip=key.clip_skip or self._default_clip_skip(items[0][0]),
-            )
-        ) is not None:  # editing, emphasis, BREAK, over 75 tokens, clip skip: engine/conditioning.py
-            del kwargs["prompt"], kwargs["negative_prompt"]
-            kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = schedule.at(0)
+        schedule = conditioning.text_inputs(
+            pipe,
+            kwargs,
+            sdxl=sdxl,
+            calls=conditioning.schedule_steps(key.steps, pipe.scheduler),
+            size=(key.width, key.height),
+            clip_skip=key.clip_skip or self._default_clip_skip(items[0][0]),
+            device=self.device,
+            dtype=self.dtype,
+        )
         if key.width * key.height > TILING_ABOVE_PIXELS:
             pipe.vae.enable_tiling()
         else:
