@@ -1,8 +1,10 @@
 import asyncio
 import inspect
 import io
+import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,20 @@ pytest_plugins = ["fakediscord.plugin", "tests.pg"]  # tests.pg: a real PostgreS
 
 
 REAP_WAIT = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_is_restored() -> Iterator[None]:
+    """A CLI run in-process (``engine generate``'s ``basicConfig``, ``setup_logging``) adds a root handler
+    bound to the sys.stderr of that moment: capsys's stream, closed once its test ends. Left behind, every
+    later warning in this xdist process prints a "Logging error" traceback into the next test's stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

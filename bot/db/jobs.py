@@ -101,6 +101,12 @@ class JobStore:
             row = result.first()
             return None if row is None else int(row[0])
 
+    async def undo_attempt(self, job_id: str) -> bool:
+        """running → queued, the attempt uncounted: the job never reached a worker."""
+        return await self.transition(
+            job_id, [JobState.RUNNING], JobState.QUEUED, started_at=None, attempts=Job.attempts - 1
+        )
+
     async def finish(
         self, job_id: str, images: Sequence[SavedImage], engine_seconds: float, model: str
     ) -> bool:

@@ -23,7 +23,7 @@ from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
 from bot.jobs.files import OutputFiles, write_failure
 from bot.jobs.speed import SpeedMeter
-from bot.transport.base import Transport
+from bot.transport.base import NoRoom, Transport
 from engine import protocol
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,22 @@ class JobManager:
                 continue
             job.state, job.attempts = JobState.RUNNING, attempt
             self._running.add(job.id)
-            await self.transport.submit(request)
+            try:
+                await self.transport.submit(request)
+            except NoRoom:
+                # A worker stopped while the row was written: the job goes back in line, and the next
+                # pass comes with the event that frees room (a worker ready again).
+                await self._put_back(job)
+                return
             await self._emit(JobDispatched(job))
+
+    async def _put_back(self, job: Job) -> None:
+        self._running.discard(job.id)
+        if await self._db(f"re-queueing job {job.id}", lambda: self.store.undo_attempt(job.id)):
+            job.state, job.attempts = JobState.QUEUED, job.attempts - 1
+            self._enqueue(job)
+        else:
+            self._jobs.pop(job.id, None)  # cancelled meanwhile
 
     def _dispatch_later(self, exc: OperationalError) -> None:
         self._dispatch_delay = min(RETRY_MAX_SECONDS, self._dispatch_delay * 2 or RETRY_FIRST_SECONDS)

@@ -16,6 +16,12 @@ class Closed(Enum):
     CLOSED = "closed"
 
 
+class NoRoom(RuntimeError):
+    """Raised by :meth:`Transport.submit` when no worker has room any more: one stopped after
+    :meth:`Transport.free_slots` said there was room (the manager awaits its database in between). The job
+    was not sent; the manager puts it back in line without counting the attempt."""
+
+
 class Transport(Protocol):
     async def start(self) -> None:
         """Start workers or connect; returns once jobs can be submitted."""
@@ -31,7 +37,9 @@ class Transport(Protocol):
     def worker_count(self) -> int:
         """Workers ready now (for wait estimates: the queue drains this many jobs at a time)."""
 
-    async def submit(self, request: GenerateRequest) -> None: ...
+    async def submit(self, request: GenerateRequest) -> None:
+        """Send a job to a worker. Raises :class:`NoRoom` if none can take it now; a worker lost after
+        this returns is reported as a retryable :class:`~engine.protocol.JobFailed`."""
 
     async def cancel(self, job_id: str) -> None: ...
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.shutdown import WORKER_GRACE
-from bot.transport.base import Closed
+from bot.transport.base import Closed, NoRoom
 from engine.protocol import (
     Cancel,
     Event,
@@ -226,7 +226,7 @@ class LocalTransport:
     async def submit(self, request: GenerateRequest) -> None:
         candidates = [w for w in self._workers if w.room > 0]
         if not candidates:
-            raise RuntimeError("no engine worker has a free slot")  # the manager checks free_slots first
+            raise NoRoom("no engine worker has a free slot")
         worker = pick_worker(candidates, request.model)
         worker.recent.pop(request.model, None)
         worker.recent[request.model] = None

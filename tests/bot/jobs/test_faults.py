@@ -20,7 +20,8 @@ from bot.db import Database, Job, JobState
 from bot.db.jobs import JobStore
 from bot.jobs.events import JobFinished, ManagerEvent
 from bot.jobs.manager import JobManager
-from engine.protocol import JobProgress
+from bot.transport.base import NoRoom
+from engine.protocol import JobProgress, WorkerReady
 from tests.bot.jobs.scripted import ScriptedTransport
 from tests.bot.jobs.test_fair_dispatch import job
 
@@ -261,3 +262,35 @@ async def test_a_full_disk_through_discord_tells_the_member_and_serves_the_next(
         )
     left = [p.name for p in (tmp_path / "images").rglob(f"{job_id}*") if p not in links]
     assert left == []
+
+
+async def test_a_worker_lost_while_its_job_was_being_started_puts_the_job_back_uncounted(tmp_path):
+    # The local transport's worker died between the manager's room check and its send (the manager
+    # awaited the database in between; seen in CI): the job must neither fail the member's /imagine nor
+    # stay "running" with no worker, and the lost send is not one of its two attempts.
+    async with world(tmp_path, slots=1) as w:
+        real_submit = w.transport.submit
+        lost: list[str] = []
+
+        async def worker_gone(request):  # type: ignore[no-untyped-def]
+            if not lost:
+                lost.append(request.job_id)
+                w.transport.open(0)  # its only worker stopped
+                raise NoRoom("no engine worker has a free slot")
+            await real_submit(request)
+
+        w.transport.submit = worker_gone  # type: ignore[method-assign]
+        ticket = await w.manager.submit(job(1))
+        assert lost == [ticket.job.id]
+        with sqlite3.connect(w.db_path) as con:
+            assert con.execute(
+                "SELECT state, attempts, started_at FROM jobs WHERE id = ?", (ticket.job.id,)
+            ).fetchone() == ("queued", 0, None)
+        assert w.manager.position(ticket.job.id) == 1
+        # The worker is back: its ready message is the event after which the manager dispatches.
+        w.transport.open(1)
+        w.transport.emit(WorkerReady("local-0", "scripted", "cpu", 1))
+        await w.dispatched(ticket.job.id)
+        assert w.manager.active_jobs()[0].attempts == 1
+        w.transport.finish(ticket.job.id)
+        assert (await w.finished_job(ticket.job.id)).state is JobState.DONE
