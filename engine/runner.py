@@ -18,8 +18,8 @@ Rules:
   does not fit fails its request only.
 
 Its parts: the model (engine/model_slot.py), request checks (engine/requests.py), job state
-(engine/jobs.py, shared with the simulated runner), step progress (engine/progress.py) and PNG encoding
-(engine/pngs.py).
+(engine/jobs.py, shared with the simulated runner), one batch's pipeline call (engine/pipeline_call.py),
+step progress (engine/progress.py) and PNG encoding (engine/pngs.py).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine import bounds, conditioning, devices, families, loading
+from engine import devices, loading
 from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.families import Family
 from engine.jobs import Emit, Job, JobBook
 from engine.model_slot import ModelSlot
+from engine.pipeline_call import call_pipeline, default_clip_skip
 from engine.pngs import PngEncoder, png_parameters
 from engine.preview import Previewer
 from engine.progress import Interrupted, StepProgress
@@ -50,17 +51,14 @@ from engine.protocol import (
     JobCancelled,
     JobDone,
     JobFailed,
-    JobKind,
 )
 from engine.requests import RequestError, prepare_job
 from engine.safety import SafetyChecker
-from engine.samplers import make_scheduler, uses_noise_seeds
 
 __all__ = ["Job", "RequestError", "Runner"]
 
 log = logging.getLogger(__name__)
 
-TILING_ABOVE_PIXELS = 1024 * 1024  # VAE tiling for larger images (an upscaled 1024x1024 is still untiled)
 OOM_TEST_ENV = "ENGINE_TEST_OOM_ABOVE"
 
 
@@ -287,13 +285,6 @@ class Runner:
                 continue
             self._submit_png(job, index, image, nsfw, emit)
 
-    def _default_clip_skip(self, job: Job) -> int:
-        """The clip skip of a request that leaves it at 0: the model's (its name.json sidecar's), else 1."""
-        try:
-            return families.model_defaults(job.source.location, self.slot.family).clip_skip or 1
-        except (OSError, ValueError):  # a hub id is no path; an unreadable file was caught at load
-            return 1
-
     def _safety_check(self, items: list[tuple[Job, int]], images: list[Image.Image]) -> list[bool]:
         """Run the safety checker on the images whose request asked for it (blacking out flagged ones)."""
         flags = [False] * len(images)
@@ -311,64 +302,22 @@ class Runner:
         return flags
 
     def _call_pipeline(self, items: list[tuple[Job, int]], emit: Emit) -> list[Image.Image]:
-        key = items[0][0].key
         n = len(items)
         if self.oom_above is not None and n > self.oom_above:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (test hook: {n} images > {OOM_TEST_ENV}={self.oom_above})"
             )
-        generators = [torch.Generator("cpu").manual_seed(job.request.seeds[i]) for job, i in items]
-        kwargs: dict[str, Any] = {
-            # Embedding names become the tokens they are loaded under (engine/embeddings.py).
-            "prompt": [self.embeddings.rewrite(job.prompt, job.embeddings) for job, _ in items],
-            "negative_prompt": [
-                self.embeddings.rewrite(job.request.negative_prompt, job.embeddings) for job, _ in items
-            ],
-            "num_inference_steps": key.steps,
-            "guidance_scale": key.cfg_scale,
-            "generator": generators,
-            "output_type": "pil",
-            "callback_on_step_end_tensor_inputs": ["latents"],
-        }
-        if key.kind == JobKind.TXT2IMG:
-            pipe = self.slot.pipe
-            kwargs.update(width=key.width, height=key.height)
-        else:
-            pipe = self.slot.img2img
-            kwargs.update(image=[job.init_image for job, _ in items], strength=key.strength)
-            # Diffusers builds a schedule of num_inference_steps and runs int(steps * strength) of it; the
-            # schedule is lengthened to run at least one, never past bounds.STEPS (prepare checked both).
-            kwargs["num_inference_steps"] = bounds.img2img_schedule(key.steps, key.strength or 1.0)
-        # Before encoding: a LoRA may change the text encoder too. The img2img pipeline shares these modules.
-        self.loras.apply(self.slot.pipe, key.loras)
-        sdxl = self.slot.family is Family.SDXL
-        # Before encoding: prompt editing counts the sampler's model calls (two per step for second order).
-        pipe.scheduler = make_scheduler(key.sampler, key.scheduler, self.slot.base_scheduler_config)
-        if uses_noise_seeds(pipe.scheduler):  # DPM++ SDE: one Brownian tree per image, on the image's seed
-            pipe.scheduler.noise_sampler_seed = [job.request.seeds[i] for job, i in items]
-        schedule = conditioning.text_inputs(
-            pipe,
-            kwargs,
-            sdxl=sdxl,
-            calls=conditioning.schedule_steps(key.steps, pipe.scheduler),
-            size=(key.width, key.height),
-            clip_skip=key.clip_skip or self._default_clip_skip(items[0][0]),
+        previewer = self.previewer_xl if self.slot.family is Family.SDXL else self.previewer
+        progress = StepProgress(self.jobs, items, emit, previewer.preview, lambda: self._abort)
+        return call_pipeline(
+            self.slot,
+            items,
+            progress,
+            loras=self.loras,
+            embeddings=self.embeddings,
             device=self.device,
             dtype=self.dtype,
         )
-        if key.width * key.height > TILING_ABOVE_PIXELS:
-            pipe.vae.enable_tiling()
-        else:
-            pipe.vae.disable_tiling()
-
-        preview = (self.previewer_xl if sdxl else self.previewer).preview
-        progress = StepProgress(self.jobs, items, emit, preview, lambda: self._abort)
-        kwargs["callback_on_step_end"] = progress
-        if schedule is not None and not schedule.static:  # each row's text changes at its own steps
-            kwargs["callback_on_step_end"] = conditioning.ScheduleSwap(schedule, progress)
-            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
-        out = pipe(**kwargs)
-        return list(out.images)
 
     # ------------------------------------------------------------------------------------------- PNGs
 
@@ -382,7 +331,8 @@ class Runner:
         self.pngs.submit(image, lambda: self.infotext(job, index), done, failed)
 
     def infotext(self, job: Job, index: int) -> str:
-        clip_skip = job.key.clip_skip or self._default_clip_skip(job)  # as it ran (_call_pipeline)
+        # As it ran (engine/pipeline_call.py).
+        clip_skip = job.key.clip_skip or default_clip_skip(job, self.slot.family)
         return png_parameters(job, index, self.slot.hash_of(job.source), self.loras, clip_skip)
 
     def wait_idle(self, timeout: float | None = None) -> None:
