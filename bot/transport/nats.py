@@ -14,9 +14,9 @@ This side:
   (fairness, priorities) is the order jobs start in. This is the priority mechanism: no per-tier subjects
   are needed, and a high-priority job waits behind at most the workers' two batches in hand, like on the
   local transport. Workers also batch what they hold by priority;
-- reads results from the ``N.results.*`` stream through a durable consumer and acks each one only after
-  the JobManager has handled it, so results finished while the bot was down are delivered at its next
-  start; progress arrives on core NATS (lossy, never stored);
+- reads results from the ``N.results.*`` stream through a durable consumer (bot/transport/nats_results.py)
+  and acks each one only after the JobManager has handled it, so results finished while the bot was down
+  are delivered at its next start; progress arrives on core NATS (lossy, never stored);
 - sends cancels to every worker (``N.cancel``); the one holding the job stops it, and a cancel is sent
   again whenever a worker reports starting a job the bot wants cancelled.
 
@@ -32,10 +32,10 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot.transport.base import Closed
+from bot.transport.nats_results import QueuedEvent, ResultReader
 from bot.transport.nats_roster import WorkerRoster
 from engine.nats_connect import NatsAuth, connect_with_retry, redact, retry_until_stopped
 from engine.nats_heartbeat import read_heartbeat
@@ -47,15 +47,12 @@ from engine.nats_layout import (
     Layout,
     inline_limit,
     pack,
-    unpack,
 )
 from engine.protocol import (
     Cancel,
     Event,
     GenerateRequest,
     JobCancelled,
-    JobDone,
-    JobFailed,
     JobProgress,
     JobStarted,
     ProtocolError,
@@ -72,16 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULTS_ACK_WAIT = 30.0  # extended while the JobManager saves a result's images; acked after that
 REMEMBER_RESULTS = 10_000  # ids of jobs whose result came in, newest kept (re-submits follow a restart)
-
-
-@dataclass(slots=True)
-class _Item:
-    event: Event
-    msg: Msg | None = None  # a result to ack once the JobManager handled it
-    object_name: str | None = None  # its body in the object store, deleted after the ack
-    handled: asyncio.Event | None = None
 
 
 class NatsTransport:
@@ -113,9 +101,10 @@ class NatsTransport:
         self._cancel_wanted: set[str] = set()
         self._results_in: OrderedDict[str, None] = OrderedDict()  # jobs whose result was read, newest last
         self._publishing: dict[str, asyncio.Task[None]] = {}  # submits waiting for the broker
-        self._events: asyncio.Queue[_Item | Closed] = asyncio.Queue()
+        self._events: asyncio.Queue[QueuedEvent | Closed] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        self._results = ResultReader(self.layout, self._closing)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -146,7 +135,7 @@ class NatsTransport:
 
         async def setup() -> ObjectStore:
             store = await self.layout.ensure(js, lease=self.lease_seconds)
-            await self._ensure_results_consumer(js)
+            await self._results.ensure_consumer(js)
             return store
 
         self._store = await retry_until_stopped(setup, self._closing)
@@ -155,30 +144,10 @@ class NatsTransport:
         self._js = js
         await nc.subscribe(self.layout.heartbeat_subject, cb=self._on_heartbeat)
         await nc.subscribe(self.layout.events_filter, cb=self._on_live_event)
-        self._spawn(self._read_results(js), "nats-results")
+        self._spawn(self._results.read(js, self._store, self._result_in), "nats-results")
         self._ready.set()
         log.info("NATS transport ready on %s (namespace %s)", redact(self.url), self.layout.namespace)
         await self._ping()
-
-    async def _ensure_results_consumer(self, js: JetStreamContext) -> None:
-        from nats.js.api import AckPolicy, ConsumerConfig
-        from nats.js.errors import NotFoundError
-
-        # Made afresh at each start: results a killed bot had fetched but not acked come back now rather
-        # than after their ack_wait. One bot per namespace, so nobody else is reading from it; on a
-        # work-queue stream the unacked results stay stored while the consumer is gone.
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(self.layout.results_stream, self.layout.results_consumer)
-        await js.add_consumer(
-            self.layout.results_stream,
-            ConsumerConfig(
-                name=self.layout.results_consumer,
-                durable_name=self.layout.results_consumer,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=RESULTS_ACK_WAIT,
-                max_deliver=-1,
-            ),
-        )
 
     async def _ping(self) -> None:
         """Ask every worker for a heartbeat now, so a (re)started bot knows its capacity at once."""
@@ -225,7 +194,7 @@ class NatsTransport:
             return
         if self.roster.heard(beat):
             # The JobManager dispatches after every event: this one tells it there is room now.
-            self._events.put_nowait(_Item(beat.ready))
+            self._events.put_nowait(QueuedEvent(beat.ready))
 
     # --------------------------------------------------------------------------------------- submit
 
@@ -287,7 +256,7 @@ class NatsTransport:
         if pending is not None:  # never reached the queue: nobody else can cancel it
             pending.cancel()
             self._job_ended(job_id)
-            self._events.put_nowait(_Item(JobCancelled(job_id)))
+            self._events.put_nowait(QueuedEvent(JobCancelled(job_id)))
             return
         self._cancel_wanted.add(job_id)
         await self._send_cancel(job_id)
@@ -315,72 +284,14 @@ class NatsTransport:
         if isinstance(event, JobStarted) and event.job_id in self._cancel_wanted:
             # The cancel went out before this worker held the job (it was still queued): send it again.
             await self._send_cancel(event.job_id)
-        self._events.put_nowait(_Item(event))
+        self._events.put_nowait(QueuedEvent(event))
 
-    async def _read_results(self, js: JetStreamContext) -> None:
-        assert self._store is not None
-        psub = await js.pull_subscribe_bind(
-            durable=self.layout.results_consumer, stream=self.layout.results_stream
-        )
-        while not self._closing.is_set():
-            try:
-                msgs = await psub.fetch(1, timeout=5)
-            except TimeoutError:
-                continue
-            except Exception as exc:
-                log.warning("reading results from NATS failed (%s); retrying", exc)
-                await asyncio.sleep(1)
-                continue
-            for msg in msgs:
-                result = await self._result_item(msg)
-                if result is None:
-                    continue
-                job_id, item = result
-                self._job_ended(job_id)
-                self._results_in[job_id] = None
-                while len(self._results_in) > REMEMBER_RESULTS:
-                    self._results_in.popitem(last=False)
-                self._events.put_nowait(item)
-                # One result at a time: the next is fetched once this one is handled and acked, so none
-                # waits unacked past its ack_wait while the JobManager is busy.
-                assert item.handled is not None
-                while True:
-                    try:
-                        await asyncio.wait_for(item.handled.wait(), RESULTS_ACK_WAIT / 3)
-                        break
-                    except TimeoutError:  # the JobManager is slow (large images): keep the result ours
-                        with contextlib.suppress(Exception):
-                            await msg.in_progress()
-
-    async def _result_item(self, msg: Msg) -> tuple[str, _Item] | None:
-        """The result's job id and its queue item; None for a result dropped as unreadable or not ours."""
-        assert self._store is not None
-        try:
-            body, object_name = await unpack(self._store, msg.data, msg.headers)
-            event = decode(body)
-        except Exception as exc:
-            # A result body already collected and deleted (a duplicate delivery) or garbage: never useful.
-            log.warning("unreadable result on %s dropped: %s", msg.subject, exc)
-            with contextlib.suppress(Exception):
-                await msg.term()
-            return None
-        if not isinstance(event, JobDone | JobFailed | JobCancelled) or not self._own_result(
-            msg, event, object_name
-        ):
-            log.warning("result on %s that is not a result of its job dropped", msg.subject)
-            with contextlib.suppress(Exception):
-                await msg.term()
-            return None
-        return event.job_id, _Item(event, msg, object_name, asyncio.Event())
-
-    def _own_result(
-        self, msg: Msg, event: JobDone | JobFailed | JobCancelled, object_name: str | None
-    ) -> bool:
-        """The result names the job of its subject, and its body is that job's result object (the object is
-        deleted once handled: it must not be another job's request)."""
-        if msg.subject != self.layout.results_subject(event.job_id):
-            return False
-        return object_name is None or object_name.startswith(f"results/{event.job_id}/")
+    def _result_in(self, job_id: str, item: QueuedEvent) -> None:
+        self._job_ended(job_id)
+        self._results_in[job_id] = None
+        while len(self._results_in) > REMEMBER_RESULTS:
+            self._results_in.popitem(last=False)
+        self._events.put_nowait(item)
 
     def _job_ended(self, job_id: str) -> None:
         self._inflight.pop(job_id, None)
