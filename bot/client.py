@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 import discord
@@ -65,6 +66,7 @@ def make_transport(settings: Settings) -> Transport:
             safety_checker=settings.safety_checker or None,
             model_cache=(settings.model_cache, settings.model_cache_ram, settings.model_cache_gb),
             log_format=settings.log_format,
+            python=settings.engine_python or sys.executable,
         )
         return LocalTransport(options, settings.engine_workers)
     if settings.engine_transport == "nats":

@@ -119,6 +119,12 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("ENGINE_MAX_BATCH", int_(1, 64), "4", "Most images one UNet batch runs together"),
     Spec("ENGINE_ARGS", str_, "", "Extra flags for each engine worker, e.g. --compile or --cpu-offload"),
+    Spec(
+        "ENGINE_PYTHON",
+        str_,
+        "",
+        "The Python that runs local engine workers, e.g. a venv with CUDA torch (empty: the bot's own)",
+    ),
     Spec("MODEL_CACHE", int_(1, 16), "2", "Models each engine worker keeps loaded on its device (LRU)"),
     Spec("MODEL_CACHE_RAM", int_(0, 16), "0", "Models moved off the device kept in CPU RAM, not dropped"),
     Spec("MODEL_CACHE_GB", int_(0, 4096), "0", "Most GB of model weights on a device at once (0: no limit)"),
@@ -191,6 +197,7 @@ class Settings:
     engine_workers: int
     engine_max_batch: int
     engine_args: tuple[str, ...]
+    engine_python: str
     model_cache: int
     model_cache_ram: int
     model_cache_gb: int
@@ -298,6 +305,7 @@ class Settings:
             engine_workers=p["ENGINE_WORKERS"],
             engine_max_batch=p["ENGINE_MAX_BATCH"],
             engine_args=tuple(p["ENGINE_ARGS"].split()),
+            engine_python=p["ENGINE_PYTHON"],
             model_cache=p["MODEL_CACHE"],
             model_cache_ram=p["MODEL_CACHE_RAM"],
             model_cache_gb=p["MODEL_CACHE_GB"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ def make_settings(tmp_path: Path, tiny_model: Path, fake_discord: Any) -> Callab
             "DEFAULT_SIZE": "128",
             "DEFAULT_STEPS": "2",
             "PREVIEW_EVERY": "1",
+            "ENGINE_PYTHON": os.environ.get("ENGINE_PYTHON", ""),  # tests/enginefork.py
         }
         env.update({k: str(v) for k, v in overrides.items()})
         return Settings.from_env(env, env_file=None)

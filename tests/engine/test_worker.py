@@ -24,6 +24,7 @@ from engine.protocol import (
     read_frame,
     write_frame,
 )
+from tests.enginefork import engine_python
 
 from .conftest import request
 
@@ -35,7 +36,7 @@ class WorkerProc:
         env = dict(os.environ, HF_HUB_OFFLINE="1", ENGINE_LOG_LEVEL="WARNING", **(env or {}))
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                engine_python(),  # tests/enginefork.py
                 "-m",
                 "engine",
                 "worker",

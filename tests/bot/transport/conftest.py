@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.enginefork import engine_python
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -115,7 +117,7 @@ def spawn_worker(tmp_path: Path) -> Iterator[SpawnWorker]:
         env = {**os.environ, **(env or {})}  # e.g. NATS_USER/NATS_PASSWORD: credentials never go in argv
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", ENGINE_LOG_LEVEL="DEBUG")
-        cmd = [sys.executable, "-m", "engine", "serve", "--nats", url, "--namespace", namespace]
+        cmd = [engine_python(), "-m", "engine", "serve", "--nats", url, "--namespace", namespace]
         cmd += ["--worker-id", worker_id, "--heartbeat-seconds", "0.5", *args]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

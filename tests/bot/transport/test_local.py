@@ -12,6 +12,7 @@ from bot.jobs.events import JobFinished, JobProgress
 from bot.jobs.manager import JobManager
 from bot.transport.local import LocalTransport, WorkerOptions
 from engine.protocol import GenerateRequest, JobDone, WorkerReady
+from tests.enginefork import engine_python
 from tests.waiting import wait_until
 
 
@@ -26,7 +27,9 @@ async def _next(events, kind, wait=120):
 
 
 async def test_worker_runs_a_request_and_reports_capacity(tiny_model):
-    transport = LocalTransport(WorkerOptions(model=str(tiny_model), device="cpu", max_batch=2))
+    transport = LocalTransport(
+        WorkerOptions(model=str(tiny_model), device="cpu", max_batch=2, python=engine_python())
+    )
     await transport.start()
     events = transport.events()
     try:
@@ -47,7 +50,8 @@ async def test_sigkilled_worker_is_restarted_and_its_job_completes_once(tmp_path
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
     await db.migrate()
     transport = LocalTransport(
-        WorkerOptions(model=str(tiny_model), device="cpu", max_batch=1), restart_delay=0.1
+        WorkerOptions(model=str(tiny_model), device="cpu", max_batch=1, python=engine_python()),
+        restart_delay=0.1,
     )
     manager = JobManager(JobStore(db.sessions), transport, tmp_path / "out")
     stepping: asyncio.Queue[str] = asyncio.Queue()
