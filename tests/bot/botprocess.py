@@ -11,6 +11,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from tests.enginefork import engine_python
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -115,6 +117,7 @@ def bot_env(
         DEFAULT_SIZE="64",
         PREVIEW_EVERY="0",
         LOG_LEVEL="INFO",
+        ENGINE_PYTHON=engine_python(),  # workers forked from a warm process (tests/enginefork.py)
     )
     return env
 
