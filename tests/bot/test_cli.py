@@ -97,6 +97,11 @@ async def test_python_m_bot_answers_imagine_on_loopback(fake_discord, tiny_model
                 timeout=120,
             )
             assert message.attachments[0].data.startswith(b"\x89PNG")
+            # discord.py calls on_ready (which logs the invite) once its guilds have arrived, up to 2 s after
+            # the gateway's READY: a fast engine can post the picture before that.
+            await fake_discord.wait_until(
+                lambda: "invite me: " in log_path.read_text(errors="replace"), timeout=60
+            )
         finally:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 30)
