@@ -16,7 +16,7 @@ from bench._stats import summary, write_json
 
 
 def request_fields(row: dict[str, Any], job_id: str, preview_every: int) -> dict[str, Any]:
-    """The GenerateRequest the JobManager built for this job row (bot/jobs/manager.py _request_for)."""
+    """The GenerateRequest the JobManager built for this job row (bot/jobs/engine_request.py)."""
     return {
         "job_id": job_id,
         "prompt": row["prompt"],

@@ -30,37 +30,42 @@ class SavedImage:
 class JobStore:
     def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
+        # (table, id) -> the name this process last committed for it. Every /imagine names its guild and
+        # member; writing them again only when a name changed takes two statements off each intake.
+        self._people: dict[tuple[str, int], str] = {}
 
     async def _ensure_people(
         self, session: AsyncSession, guild_id: int | None, guild_name: str, user_id: int, user_name: str
-    ) -> None:
-        # Insert, or refresh the name of, the guild and the user: one round trip each, no race.
+    ) -> list[tuple[tuple[str, int], str]]:
+        """Insert, or refresh the name of, the guild and the user (one round trip each, no race) unless
+        this process already committed that name; returns what to remember once the transaction commits."""
+        written: list[tuple[tuple[str, int], str]] = []
+        rows: list[tuple[type[Guild] | type[User], int, str]] = [(User, user_id, user_name[:100])]
         if guild_id is not None:
-            name = guild_name[:100]
+            rows.insert(0, (Guild, guild_id, guild_name[:100]))
+        for table, row_id, name in rows:
+            key = (table.__tablename__, row_id)
+            if self._people.get(key) == name:
+                continue
             await session.execute(
                 upsert(
                     session,
-                    Guild,
-                    {"id": guild_id, "name": name, "created_at": utcnow()},
-                    [Guild.id],
+                    table,
+                    {"id": row_id, "name": name, "created_at": utcnow()},
+                    [table.id],
                     {"name": name},
                 )
             )
-        name = user_name[:100]
-        await session.execute(
-            upsert(
-                session,
-                User,
-                {"id": user_id, "name": name, "created_at": utcnow()},
-                [User.id],
-                {"name": name},
-            )
-        )
+            written.append((key, name))
+        return written
 
     async def create(self, job: Job, *, guild_name: str = "", user_name: str = "") -> Job:
         async with self.sessions.begin() as session:
-            await self._ensure_people(session, job.guild_id, guild_name, job.user_id, user_name)
+            written = await self._ensure_people(session, job.guild_id, guild_name, job.user_id, user_name)
             session.add(job)
+        if len(self._people) > 50_000:  # bounded: a cleared cache costs one upsert per name, once
+            self._people.clear()
+        self._people.update(written)
         return job
 
     async def get(self, job_id: str) -> Job | None:

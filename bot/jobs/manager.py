@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from bot.db.jobs import JobStore
 from bot.db.models import Job, JobState
+from bot.jobs.engine_request import request_for
 from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
 from bot.jobs.files import OutputFiles, write_failure
@@ -203,7 +204,7 @@ class JobManager:
         ):
             job = self._jobs[queued.job_id]
             try:
-                request = await asyncio.to_thread(self._request_for, job)
+                request = await asyncio.to_thread(request_for, job, self.preview_every)
             except OSError as exc:
                 self.queue.take(job.id)
                 reason = f"its input image could not be read ({exc.strerror})"
@@ -267,30 +268,6 @@ class JobManager:
                 log.warning("%s: the database refused (%s); trying again in %.1f s", what, exc.orig, delay)
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_SECONDS, delay * 2)
-
-    def _request_for(self, job: Job) -> protocol.GenerateRequest:
-        init = Path(job.init_image_path).read_bytes() if job.init_image_path else None
-        return protocol.GenerateRequest(
-            job_id=job.id,
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            seed=job.seed,
-            steps=job.steps,
-            cfg_scale=job.cfg_scale,
-            width=job.width,
-            height=job.height,
-            count=job.count,
-            sampler=job.sampler,
-            scheduler=job.scheduler or "Automatic",
-            clip_skip=job.clip_skip or 0,
-            model=job.model,
-            kind=job.kind,
-            strength=job.strength if job.strength is not None else 0.75,
-            init_image=init,
-            priority=job.priority,
-            preview_every=self.preview_every,
-            safety_check=bool(job.safety_check),
-        )
 
     # -------------------------------------------------------------------------------------- events
 

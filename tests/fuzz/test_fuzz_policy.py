@@ -142,7 +142,7 @@ def _model(name: str | None) -> ModelSource:
 def engine_request(
     r: Resolved, kind: JobKind = JobKind.TXT2IMG, init: bytes | None = None
 ) -> GenerateRequest:
-    """The request the bot sends for ``r`` (bot/jobs/manager.py's _request_for over the job row)."""
+    """The request the bot sends for ``r`` (bot/jobs/engine_request.py's request_for over the job row)."""
     return GenerateRequest(
         job_id="fuzz",
         prompt=r.prompt,

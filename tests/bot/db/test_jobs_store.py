@@ -6,7 +6,8 @@ import time
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, select
+from sqlalchemy import event, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from bot.db import Database, Guild, JobState, User
 from bot.db.jobs import JobStore, SavedImage
@@ -92,6 +93,38 @@ async def test_people_are_inserted_once_and_their_names_refreshed(db, store):
     async with db.sessions() as session:
         assert list(await session.scalars(select(Guild.name))) == ["New guild"]
         assert list(await session.scalars(select(User.name))) == ["new"]
+
+
+async def test_a_members_next_job_writes_the_job_alone_until_a_name_changes(db, store):
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        statements.append(statement.split()[0] + " " + statement.split()[2])
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        await store.create(_job("a"), guild_name="Guild", user_name="ann")
+        first = len(statements)
+        await store.create(_job("b"), guild_name="Guild", user_name="ann")
+        assert statements[first:] == ["INSERT jobs"]
+        # The member renamed herself: her row is written again, the guild's is not.
+        await store.create(_job("c"), guild_name="Guild", user_name="anne")
+        assert statements[first + 1 :] == ["INSERT users", "INSERT jobs"]
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    async with db.sessions() as session:
+        assert list(await session.scalars(select(User.name))) == ["anne"]
+
+
+async def test_a_failed_job_write_remembers_no_names(db, store):
+    # The job insert fails (a duplicate id): the transaction rolls back, so the names were not written and
+    # the next job must write them (on PostgreSQL a job row needs its member's row).
+    await store.create(_job("a"), guild_name="Guild", user_name="ann")
+    with pytest.raises(IntegrityError):
+        await store.create(_job("a", guild_id=11, user_id=31), guild_name="Other", user_name="bob")
+    await store.create(_job("b", guild_id=11, user_id=31), guild_name="Other", user_name="bob")
+    async with db.sessions() as session:
+        assert sorted(await session.scalars(select(User.name))) == ["ann", "bob"]
 
 
 async def test_recovery_queries(store):
