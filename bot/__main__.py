@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 from bot.settings import Settings, SettingsError
 
@@ -23,6 +25,7 @@ TOKEN_HELP = (
 ENGINE_HELP = (
     "ENGINE_TRANSPORT=local runs the engine on this machine, and this install has no engine: "
     "pip install -e '.[engine]' adds it (torch, diffusers, ...). "
+    "So does ENGINE_PYTHON=/path/to/python of another venv that has it. "
     "A bot whose GPUs are NATS workers sets ENGINE_TRANSPORT=nats instead (README: More GPUs)."
 )
 ENGINE_PACKAGES = ("torch", "diffusers", "transformers")
@@ -34,6 +37,17 @@ def engine_installed() -> bool:
         return all(importlib.util.find_spec(name) is not None for name in ENGINE_PACKAGES)
     except (ImportError, ValueError):
         return False
+
+
+def engine_python_problem(engine_python: str) -> str | None:
+    """Why local engine workers cannot start, or None. With ``ENGINE_PYTHON`` the engine is that Python's
+    (a venv with CUDA torch, say) and this install may be the bot alone."""
+    if not engine_python:
+        return None if engine_installed() else ENGINE_HELP
+    path = Path(engine_python)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return f"ENGINE_PYTHON={engine_python} is not an executable file (give the full path of a python)"
+    return None
 
 
 async def _run(settings: Settings) -> int:
@@ -94,9 +108,11 @@ def main() -> None:
         message = TOKEN_HELP if str(exc).startswith("DISCORD_TOKEN is not set") else f"Bad setting: {exc}"
         print(message, file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.engine_transport == "local" and not engine_installed():
-        print(ENGINE_HELP, file=sys.stderr)
-        raise SystemExit(2)
+    if settings.engine_transport == "local":
+        problem = engine_python_problem(settings.engine_python)
+        if problem:
+            print(problem, file=sys.stderr)
+            raise SystemExit(2)
     from bot.db import urls as database_urls
     from bot.logs import setup_logging
 

@@ -89,6 +89,52 @@ async def test_a_local_engine_needs_the_engine_extra(tmp_path):
     assert "pip install -e '.[engine]'" in err.decode() and "ENGINE_TRANSPORT=nats" in err.decode()
 
 
+async def test_a_bad_engine_python_is_one_clear_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "ENGINE_"))}
+    env.update(PYTHONPATH=str(ROOT), DISCORD_TOKEN="x", ENGINE_PYTHON=str(tmp_path / "no-python"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines() == [
+        f"ENGINE_PYTHON={tmp_path / 'no-python'} is not an executable file (give the full path of a python)"
+    ]
+
+
+async def test_a_bot_only_install_runs_local_workers_with_another_python(fake_discord, tiny_model, tmp_path):
+    # The bot's process cannot import torch; its workers run on ENGINE_PYTHON, which has the engine.
+    fake = fake_discord
+    guild = fake.add_guild("Bot Host")
+    channel = fake.add_channel(guild, "art")
+    alice = fake.add_user("alice")
+    fake.add_member(guild, alice)
+    env = bot_env(
+        fake, tmp_path, tiny_model, guild.id
+    )  # its ENGINE_PYTHON: this Python (tests/enginefork.py)
+    env.update(ENGINE_TRANSPORT="local")
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BLOCKER, cwd=tmp_path, env=env, start_new_session=True,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await fake.wait_until(lambda: fake.commands_for(guild) and fake.connected, timeout=60)
+        inter = await fake.invoke(
+            "imagine", {"prompt": "a lighthouse"}, guild=guild, channel=channel, user=alice
+        )
+        message = await fake.wait_for_message(
+            lambda m: (
+                m.interaction_id == inter.id and any(a.filename.endswith(".png") for a in m.attachments)
+            ),
+            timeout=120,
+        )
+        assert message.attachments[0].data.startswith(b"\x89PNG")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bot.pid, signal.SIGKILL)
+        await bot.wait()
+
+
 def sample(text: str, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
