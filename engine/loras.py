@@ -169,6 +169,7 @@ def extract(prompt: str) -> tuple[str, Loras]:
     """``prompt`` without its extra-network tags (cut as A1111 cuts them), and the LoRAs they name with
     their weights. LoraError for a tag this engine cannot apply (a hypernetwork, an unknown type)."""
     weights: dict[str, tuple[float, float]] = {}
+    spelled: dict[str, str] = {}  # lower-case name -> the name as first written
     for match in _TAG.finditer(prompt):
         kind, tag = match.group(1), match.group(0)
         if kind == "hypernet":
@@ -179,6 +180,9 @@ def extract(prompt: str) -> tuple[str, Loras]:
             log.info("skipping unknown extra network %s", tag[:80])
             continue
         name, te, unet = _parse_tag(tag, match.group(2))
+        # Files are found by their name in any case (LoraLibrary.resolve): <lora:ink:1><lora:INK:1> is one
+        # LoRA at weight 2, spelled as first written, not the same file loaded as two adapters.
+        name = spelled.setdefault(name.lower(), name)
         old_te, old_unet = weights.get(name, (0.0, 0.0))
         weights[name] = (old_te + te, old_unet + unet)
     for name, pair in weights.items():

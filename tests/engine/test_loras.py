@@ -61,6 +61,8 @@ def lora_runner(tiny_model: Path, lora_dir: Path):
         ("<lora:Ink>, a cat", ", a cat", (("Ink", 1.0, 1.0),)),
         ("a cat,<lora:Ink>, dog", "a cat,, dog", (("Ink", 1.0, 1.0),)),
         ("a <lora:ink:0.5> cat <lora:ink:0.25>", "a  cat ", (("ink", 0.75, 0.75),)),
+        # One file whatever the case (LoraLibrary.resolve): one LoRA, spelled as first written.
+        ("a <lora:ink:0.5> cat <lora:INK:0.25>", "a  cat ", (("ink", 0.75, 0.75),)),
         ("a cat <lora:Ink:0.6:0.2>", "a cat ", (("Ink", 0.6, 0.2),)),
         ("a cat <lora:Ink:te=0.5:unet=1>", "a cat ", (("Ink", 0.5, 1.0),)),
         ("a cat <lora:Ink:unet=0.3>", "a cat ", (("Ink", 1.0, 0.3),)),
@@ -88,6 +90,11 @@ def test_tags_are_taken_out_of_the_prompt_as_a1111_does(prompt, text, found):
         ("a cat <lora:Ink:dyn=8>", r"dyn \(LyCORIS rank\) argument is not supported"),
         ("a cat <lora:Ink:in=1>", r"unknown LoRA argument in="),
         ("a cat <lora:te=1>", r"does not name a LoRA"),
+        # The bound holds for the file, not for each spelling of its name.
+        (
+            "<lora:ink:60> a cat <lora:INK:60>",
+            r"LoRA 'ink' has a weight of 120; it must be between -100 and 100",
+        ),
     ],
 )
 def test_tags_this_engine_cannot_apply_are_refused_with_a_reason(prompt, error):
