@@ -11,6 +11,8 @@ from PIL import Image, PngImagePlugin
 from engine import pnginfo
 
 GRID_GAP = 4  # pixels between tiles, like Midjourney's thin seams
+# What Pillow raises for a picture file it cannot decode (truncated, corrupt, not a picture, a bomb).
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def grid(pngs: Sequence[bytes], seeds: Sequence[int] = ()) -> bytes:

@@ -39,7 +39,7 @@ from bot.cogs.imagine._submit import Prepared, submit
 from bot.cogs.imagine._views import cancel_view, result_view
 from bot.db.models import Job, JobState, utcnow
 from bot.jobs.events import JobDispatched, JobFinished, JobProgress, JobQueued, ManagerEvent
-from bot.render import fit, grid, placeholder
+from bot.render import UNREADABLE, fit, grid, placeholder
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -218,8 +218,13 @@ class Courier:
                     "(this channel is not marked NSFW)."
                 )
             if pngs and flagged < len(job.images):
-                picture = await asyncio.to_thread(grid, pngs, [i.seed for i in job.images])
-                view = result_view(job)
+                try:
+                    picture = await asyncio.to_thread(grid, pngs, [i.seed for i in job.images])
+                    view = result_view(job)
+                except UNREADABLE as exc:
+                    # A file damaged on the server stays damaged: trying again for hours would not help.
+                    log.error("the pictures of job %s cannot be read: %s", job.id, exc)
+                    content += "\n❌ Sorry, this result's pictures could not be read on the server."
         elif job.state is JobState.CANCELLED:
             content = f"{headline}\n🚫 Cancelled."
         else:

@@ -51,7 +51,7 @@ def _dms(fake, user) -> list[str]:
 
 
 def _spoil(corrupt: str, pruned: str) -> None:
-    Path(corrupt).write_bytes(b"not a png at all")  # the sweep meets it first: making its grid raises
+    Path(corrupt).write_bytes(b"not a png at all")  # making its grid raises
     Path(pruned).unlink()  # an admin cleaned OUTPUT_DIR
 
 
@@ -63,12 +63,13 @@ async def _imagine_undelivered(fake, tmp_path, guild, channel, user, prompt, cou
     inter = await fake.invoke("imagine", options, guild=guild, channel=channel, user=user)
     await inter.wait_response()
 
-    def tried_once() -> bool:
-        row = _row(tmp_path, prompt, must=False)
-        return row is not None and row["delivery_attempts"] == 1
-
-    await fake.wait_until(tried_once, timeout=120)
+    await fake.wait_until(lambda: _tried_once(tmp_path, prompt), timeout=120)
     return inter
+
+
+def _tried_once(tmp_path: Path, prompt: str) -> bool:
+    row = _row(tmp_path, prompt, must=False)
+    return row is not None and row["delivery_attempts"] == 1
 
 
 def _off(key: str, tensor: Any) -> Any:
@@ -177,9 +178,13 @@ async def test_each_job_on_its_own_with_growing_backoff(fake_discord, make_setti
     fake = fake_discord
     fake.token_lifetime = 0
     guild, channel, alice = _world(fake)
+    closed = fake.add_channel(guild, "closed")  # answers 503 to every post: the job that keeps failing
     async with run_bot(make_settings(GUILD_IDS=guild.id, ENGINE_MAX_BATCH=1)) as bot:
         for prompt, count in (("corrupt", 2), ("pruned", 1), ("fine", 1)):
             await _imagine_undelivered(fake, tmp_path, guild, channel, alice, prompt, count)
+        fake.fail_next("POST", rf"/channels/{closed.id}/messages$", status=503, times=1000)
+        await fake.invoke("imagine", {"prompt": "refused"}, guild=guild, channel=closed, user=alice)
+        await fake.wait_until(lambda: _tried_once(tmp_path, "refused"), timeout=120)
         images = sqlite3.connect(tmp_path / "bot.db").execute(
             'select j.prompt, i.path from images i join jobs j on j.id = i.job_id where i."index" = 0'
         )
@@ -187,29 +192,33 @@ async def test_each_job_on_its_own_with_growing_backoff(fake_discord, make_setti
         _spoil(paths["corrupt"], paths["pruned"])
 
         await bot.courier.sweep_once(now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
-        # The job that raised did not stop the ones after it.
+        # The jobs that failed did not stop the ones after them.
         fine = await fake.wait_for_message(lambda m: "fine" in m.content and m.attachments)
         assert f"<@{alice.id}>" in fine.content and _row(tmp_path, "fine")["delivered_at"] is not None
         pruned = await fake.wait_for_message(lambda m: "pruned" in m.content and "no longer on" in m.content)
         assert not pruned.attachments and _row(tmp_path, "pruned")["delivered_at"] is not None
-        assert _row(tmp_path, "corrupt")["delivery_attempts"] == 2
+        # A picture damaged on the server stays damaged: posted at once with a notice, not tried for hours.
+        corrupt = await fake.wait_for_message(lambda m: "corrupt" in m.content and "not be read" in m.content)
+        assert not corrupt.attachments and not corrupt.buttons()
+        assert _row(tmp_path, "corrupt")["delivered_at"] is not None
+        assert _row(tmp_path, "refused")["delivery_attempts"] == 2
 
         # Backing off: before its time a job is left alone; each failure waits longer than the last.
         waits: list[dt.timedelta] = []
         for attempts in range(3, redelivery.TRANSIENT_TRIES + 1):
-            due = _when(_row(tmp_path, "corrupt")["next_delivery_at"])
+            due = _when(_row(tmp_path, "refused")["next_delivery_at"])
             await bot.courier.sweep_once(now=due - dt.timedelta(seconds=1))
-            assert _row(tmp_path, "corrupt")["delivery_attempts"] == attempts - 1
+            assert _row(tmp_path, "refused")["delivery_attempts"] == attempts - 1
             await bot.courier.sweep_once(now=due)
-            row = _row(tmp_path, "corrupt")
+            row = _row(tmp_path, "refused")
             assert row["delivery_attempts"] == attempts
             if row["next_delivery_at"] is not None:
                 waits.append(_when(row["next_delivery_at"]) - due)
         assert waits == sorted(waits) and len(set(waits)) == len(waits) and len(waits) >= 5
         # Out of tries: given up, the author told.
-        assert _row(tmp_path, "corrupt")["undeliverable"] == "something went wrong on my side"
-        assert any("corrupt" in d and "went wrong" in d for d in _dms(fake, alice))
-        assert not any(m.attachments and "corrupt" in m.content for m in fake.messages)
+        assert _row(tmp_path, "refused")["undeliverable"] == "Discord refused it (HTTP 503, code 0)"
+        assert any("refused" in d and "HTTP 503" in d for d in _dms(fake, alice))
+        assert not any(m.attachments and "refused" in m.content for m in fake.messages)
 
 
 async def test_a_reply_without_read_message_history_is_posted_plain(
