@@ -145,8 +145,10 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict[str, object]) 
         from engine.__main__ import main
 
         code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+    except SystemExit as exc:  # as the interpreter reads it: None is success, a message is failure
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
     except BaseException:
         import traceback
 
