@@ -64,6 +64,7 @@ class JobManager:
         self.speed = SpeedMeter()
         self._jobs: dict[str, Job] = {}  # queued or running jobs, the rows as last written
         self._running: set[str] = set()
+        self._cancel_asked: set[str] = set()  # running jobs cancelled: never run again once off a worker
         self._listeners: list[Listener] = []
         self._pump: asyncio.Task[None] | None = None
         self._dispatch_lock = asyncio.Lock()
@@ -170,6 +171,7 @@ class JobManager:
             await self._finished(job_id)
             return True
         if job_id in self._running:
+            self._cancel_asked.add(job_id)
             await self.transport.cancel(job_id)
             return True
         return False
@@ -227,12 +229,16 @@ class JobManager:
             await self._emit(JobDispatched(job))
 
     async def _put_back(self, job: Job) -> None:
+        # Still "running" while its row is written back: a cancel meanwhile is asked of it, and honoured here.
+        undone = await self._db(f"re-queueing job {job.id}", lambda: self.store.undo_attempt(job.id))
         self._running.discard(job.id)
-        if await self._db(f"re-queueing job {job.id}", lambda: self.store.undo_attempt(job.id)):
+        if not undone:
+            self._forget(job.id)
+        elif job.id in self._cancel_asked:
+            await self._fail(job.id, "cancelled", JobState.CANCELLED)
+        else:
             job.state, job.attempts = JobState.QUEUED, job.attempts - 1
             self._enqueue(job)
-        else:
-            self._jobs.pop(job.id, None)  # cancelled meanwhile
 
     def _dispatch_later(self, exc: OperationalError) -> None:
         self._dispatch_delay = min(RETRY_MAX_SECONDS, self._dispatch_delay * 2 or RETRY_FIRST_SECONDS)
@@ -342,6 +348,9 @@ class JobManager:
 
     async def _failed(self, event: protocol.JobFailed) -> None:
         job = self._jobs.get(event.job_id)
+        if event.retryable and event.job_id in self._cancel_asked:  # its member cancelled it: not run again
+            await self._fail(event.job_id, "cancelled", JobState.CANCELLED)
+            return
         if event.retryable and job is not None and job.attempts < MAX_ATTEMPTS:
             if await self._db(
                 f"re-queueing job {job.id}",
@@ -357,11 +366,11 @@ class JobManager:
             reason = f"{event.reason}, twice; this request seems to crash the engine"
         await self._fail(event.job_id, reason)
 
-    async def _fail(self, job_id: str, reason: str) -> None:
+    async def _fail(self, job_id: str, reason: str, state: JobState = JobState.FAILED) -> None:
         if await self._db(
-            f"recording that job {job_id} failed",
+            f"recording that job {job_id} ended ({state.value})",
             lambda: self.store.transition(
-                job_id, [JobState.RUNNING, JobState.QUEUED], JobState.FAILED, error=reason[:2000]
+                job_id, [JobState.RUNNING, JobState.QUEUED], state, error=reason[:2000]
             ),
         ):
             await self._finished(job_id)
@@ -376,6 +385,7 @@ class JobManager:
 
     def _forget(self, job_id: str) -> None:
         self._running.discard(job_id)
+        self._cancel_asked.discard(job_id)
         self._jobs.pop(job_id, None)
         self.queue.remove(job_id)
 

@@ -21,7 +21,7 @@ from bot.db.jobs import JobStore
 from bot.jobs.events import JobFinished, ManagerEvent
 from bot.jobs.manager import JobManager
 from bot.transport.base import NoRoom
-from engine.protocol import JobProgress, WorkerReady
+from engine.protocol import JobFailed, JobProgress, WorkerReady
 from tests.bot.jobs.scripted import ScriptedTransport
 from tests.bot.jobs.test_fair_dispatch import job
 
@@ -294,3 +294,32 @@ async def test_a_worker_lost_while_its_job_was_being_started_puts_the_job_back_u
         assert w.manager.active_jobs()[0].attempts == 1
         w.transport.finish(ticket.job.id)
         assert (await w.finished_job(ticket.job.id)).state is JobState.DONE
+
+
+async def test_a_job_cancelled_while_it_was_being_put_back_is_cancelled_not_run(tmp_path):
+    async with world(tmp_path, slots=1) as w:
+
+        async def worker_gone(request):  # type: ignore[no-untyped-def]
+            w.transport.open(0)
+            assert await w.manager.cancel(request.job_id)  # the member presses Cancel in that moment
+            raise NoRoom("no engine worker has a free slot")
+
+        w.transport.submit = worker_gone  # type: ignore[method-assign]
+        job_id = (await w.manager.submit(job(1))).job.id
+        assert (await w.finished_job(job_id)).state is JobState.CANCELLED
+        assert w.manager.position(job_id) is None and w.manager.active_jobs() == []
+
+
+async def test_a_cancelled_job_whose_worker_dies_is_not_run_again(tmp_path):
+    async with world(tmp_path, slots=1) as w:
+        ticket = await w.manager.submit(job(1))
+        await w.dispatched(ticket.job.id)
+
+        async def cancel_lost(job_id: str) -> None:  # the worker dies before it hears the cancel
+            w.transport.inflight.pop(job_id, None)
+
+        w.transport.cancel = cancel_lost  # type: ignore[method-assign]
+        assert await w.manager.cancel(ticket.job.id)
+        w.transport.emit(JobFailed(ticket.job.id, "the engine worker stopped (exit code -9)", retryable=True))
+        assert (await w.finished_job(ticket.job.id)).state is JobState.CANCELLED
+        assert len(w.transport.submitted) == 1  # sent once, never again
