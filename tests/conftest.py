@@ -61,6 +61,15 @@ def _engine_workers_fork(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight SD 1.5 pipeline folder (engine/tiny.py), built once per test process and
+    shared read-only by the engine, bot, fault and bench tests (copy it to change it)."""
+    from engine.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
 @pytest.fixture(autouse=True)
 def _root_logging_is_restored() -> Iterator[None]:
     """A CLI run in-process (``engine generate``'s ``basicConfig``, ``setup_logging``) adds a root handler

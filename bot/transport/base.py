@@ -18,8 +18,9 @@ class Closed(Enum):
 
 class NoRoom(RuntimeError):
     """Raised by :meth:`Transport.submit` when no worker has room any more: one stopped after
-    :meth:`Transport.free_slots` said there was room (the manager awaits its database in between). The job
-    was not sent; the manager puts it back in line without counting the attempt."""
+    :meth:`Transport.free_slots` said there was room (the manager awaits its database in between), or the
+    worker chosen was found gone when the job was sent. The job did not reach a worker; the manager puts it
+    back in line without counting the attempt."""
 
 
 class Transport(Protocol):

@@ -102,13 +102,16 @@ class _Worker:
     recent: dict[str | None, None] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
     failures_before_ready: int = 0
+    broken: bool = False  # a send found it gone: no jobs until its exit is read and it is started again
 
     @property
     def room(self) -> int:
         """Images this worker can still take. Counted in images, not jobs: the engine batches images,
         and two batches' worth in hand means the next batch is ready when one finishes, whether the
         jobs ask for one image or four."""
-        if not self.ready:
+        # Its process may have exited before the reader has read to the end of its output (a worker killed
+        # while the bot is busy): no job must go there meanwhile, each would fail and count against it.
+        if not self.ready or self.broken or self.proc is None or self.proc.returncode is not None:
             return 0
         return max(0, 2 * self.max_batch - sum(self.inflight.values()))
 
@@ -145,7 +148,7 @@ class LocalTransport:
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.pop("DISCORD_TOKEN", None)  # the engine has no use for the bot's secret
         env["LOG_FORMAT"] = self.options.log_format
-        worker.ready = False
+        worker.ready, worker.broken = False, False
         worker.proc = await asyncio.create_subprocess_exec(
             *self.options.command(worker.worker_id, worker.device),
             stdin=asyncio.subprocess.PIPE,
@@ -234,8 +237,10 @@ class LocalTransport:
             del worker.recent[next(iter(worker.recent))]
         worker.inflight[request.job_id] = request.count
         if not await self._send(worker, Submit(request)):
+            # Nothing reached it: the job goes back in line uncounted; its exit is read and reported soon.
             worker.inflight.pop(request.job_id, None)
-            self._events.put_nowait(JobFailed(request.job_id, "the engine worker stopped", retryable=True))
+            worker.broken = True
+            raise NoRoom(f"engine worker {worker.worker_id} stopped before the job reached it")
 
     async def cancel(self, job_id: str) -> None:
         for worker in self._workers:

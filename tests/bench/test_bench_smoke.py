@@ -32,13 +32,6 @@ def _run(args: list[str], timeout: float = 240, **env: str) -> subprocess.Comple
     return proc
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("bench-model") / "tiny")
-
-
 def _positive(value: object) -> bool:
     return isinstance(value, int | float) and value > 0
 

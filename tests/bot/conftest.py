@@ -17,13 +17,6 @@ from bot.settings import Settings
 from tests.bot.jobrows import new_job
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
-
-
 @pytest.fixture
 def make_job() -> Callable[..., Job]:
     """``make_job(user_id=2, steps=8, ...)``: a new job row (not saved), the one job factory of the tests."""

@@ -13,13 +13,6 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-
-
-@pytest.fixture(scope="session")
 def runner(tiny_model: Path):
     from engine.runner import Runner
 

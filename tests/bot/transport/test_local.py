@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+
+import pytest
 
 from bot.db import Database, Job, JobState
 from bot.db.jobs import JobStore
 from bot.jobs.events import JobFinished, JobProgress
 from bot.jobs.manager import JobManager
+from bot.transport.base import NoRoom
 from bot.transport.local import LocalTransport, WorkerOptions
 from engine.protocol import GenerateRequest, JobDone, WorkerReady
 from tests.enginefork import engine_python
@@ -87,3 +91,32 @@ async def test_sigkilled_worker_is_restarted_and_its_job_completes_once(tmp_path
     finally:
         await manager.close()
         await db.close()
+
+
+async def test_a_worker_whose_process_ended_takes_no_job_before_its_exit_is_read(tmp_path):
+    # Its output may not have been read to the end yet (the bot is busy, or the process that ended held no
+    # pipe): a job sent now could only fail and count against its member. It goes back in line instead.
+    transport = LocalTransport(WorkerOptions(model="unused", max_batch=2))
+    (worker,) = transport._workers
+    worker.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    worker.ready = True
+    assert transport.free_slots() == 2 * worker.max_batch  # ready, its exit not yet known
+    await worker.proc.wait()
+    assert transport.free_slots() == 0
+    with pytest.raises(NoRoom):
+        await transport.submit(GenerateRequest("j", "a cat", steps=2, width=64, height=64))
+    # Found gone while sending (its input closed, its exit not yet known): no more jobs go there either.
+    worker.proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import os, sys, time; os.close(0); print(flush=True); time.sleep(60)",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert worker.proc.stdout is not None
+        await worker.proc.stdout.readline()  # its input is closed now
+        assert transport.free_slots() == 2 * worker.max_batch
+        with pytest.raises(NoRoom):
+            await transport.submit(GenerateRequest("k", "a cat", steps=2, width=64, height=64))
+        assert transport.free_slots() == 0 and worker.inflight == {}
+    finally:
+        worker.proc.kill()
+        await worker.proc.wait()
