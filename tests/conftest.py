@@ -44,6 +44,15 @@ def _engine_workers_fork(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     from tests import enginefork
 
     folder = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp"))  # short: a socket path has ~100 bytes
+    script = enginefork.client_script(folder)
+    try:  # /tmp may be mounted noexec: then workers start the ordinary way
+        usable = subprocess.run([script, "-c", "pass"], timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        usable = False
+    if not usable:
+        shutil.rmtree(folder, ignore_errors=True)
+        yield
+        return
     where = folder / "zygote.sock"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.enginefork", "serve", str(where)],
@@ -52,7 +61,7 @@ def _engine_workers_fork(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         stdout=subprocess.DEVNULL,
     )
     os.environ[enginefork.SOCKET_ENV] = str(where)
-    os.environ["ENGINE_PYTHON"] = str(enginefork.client_script(folder))
+    os.environ["ENGINE_PYTHON"] = str(script)
     try:
         yield
     finally:
