@@ -107,7 +107,7 @@ async def test_a_worker_whose_process_ended_takes_no_job_before_its_exit_is_read
         await transport.submit(GenerateRequest("j", "a cat", steps=2, width=64, height=64))
     # Found gone while sending (its input closed, its exit not yet known): no more jobs go there either.
     worker.proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import os, sys, time; os.close(0); print(flush=True); time.sleep(60)",
+        sys.executable, "-c", "import os, signal; os.close(0); print(flush=True); signal.pause()",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
