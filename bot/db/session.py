@@ -15,6 +15,8 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from bot.db.sqlite_loop import use_loop_connections
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -28,11 +30,12 @@ def alembic_config(url: str) -> Config:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers (/usage, /stats) run beside the writer; foreign keys are off by default in SQLite;
-    # busy_timeout rides out a concurrent writer instead of failing with "database is locked".
+    # no busy timeout on the event loop: a call that finds the database locked waits for it in a thread
+    # instead (bot/db/sqlite_loop.py), so a concurrent writer is ridden out without stalling the bot.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA busy_timeout=0")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -99,6 +102,7 @@ class Database:
         # rather than fail the first request on each dead one.
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "do_connect", use_loop_connections)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             event.listen(self.engine.sync_engine, "handle_error", _pg_refusal_is_operational)

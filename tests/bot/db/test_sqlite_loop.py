@@ -1,0 +1,118 @@
+"""SQLite statements run on the event loop's thread; one that finds the database locked waits in a thread,
+and the loop serves everyone else meanwhile (bot/db/sqlite_loop.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
+
+from bot.db import Database
+from bot.db.sqlite_loop import is_busy
+
+
+def _database(path: Path) -> Database:
+    db = Database(f"sqlite+aiosqlite:///{path}")
+
+    @event.listens_for(db.engine.sync_engine, "connect")
+    def _thread_id_function(dbapi_conn: Any, _record: Any) -> None:
+        # tid(): the thread that runs the statement calling it (the row written records where it ran).
+        dbapi_conn.create_function("tid", 0, threading.get_ident)
+
+    return db
+
+
+async def _setup(db: Database) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (name TEXT, tid INTEGER)"))
+
+
+async def _insert(db: Database, name: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t VALUES (:name, tid())"), {"name": name})
+
+
+async def _tids(db: Database) -> dict[str, int]:
+    async with db.engine.connect() as conn:
+        return {name: tid for name, tid in (await conn.execute(text("SELECT name, tid FROM t"))).all()}
+
+
+async def test_statements_run_on_the_event_loops_thread(tmp_path):
+    db = _database(tmp_path / "bot.db")
+    try:
+        await _setup(db)
+        await _insert(db, "alice")
+        assert (await _tids(db)) == {"alice": threading.get_ident()}
+    finally:
+        await db.close()
+
+
+async def test_a_write_that_finds_the_database_locked_waits_in_a_thread_while_the_loop_serves_others(
+    tmp_path,
+):
+    path = tmp_path / "bot.db"
+    db = _database(path)
+    try:
+        await _setup(db)
+        await _insert(db, "before")
+        other = sqlite3.connect(path, isolation_level=None)  # another process's tool, holding the lock
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            write = asyncio.create_task(_insert(db, "during"))
+            # Up to its refusal the write runs without yielding (that is the point of running in place), so
+            # one turn of the loop takes it to its wait in aiosqlite's thread.
+            await asyncio.sleep(0)
+            # The loop is free: a read (WAL: readers never wait for the writer) is answered meanwhile.
+            assert set(await _tids(db)) == {"before"}
+            assert not write.done()
+            other.execute("ROLLBACK")
+            await write
+        finally:
+            other.close()
+        tids = await _tids(db)
+        assert tids["during"] != threading.get_ident()  # it waited, and ran, in the thread
+        await _insert(db, "after")  # and the next statement runs in place again
+        assert (await _tids(db))["after"] == threading.get_ident()
+    finally:
+        await db.close()
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_an_operational_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("bot.db.sqlite_loop.BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "bot.db"
+    db = _database(path)
+    try:
+        await _setup(db)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(OperationalError, match="locked"):
+                await _insert(db, "never")
+        finally:
+            other.close()
+        await _insert(db, "next")  # the connection is usable again, in place
+        assert (await _tids(db)) == {"next": threading.get_ident()}
+    finally:
+        await db.close()
+
+
+def test_only_busy_and_locked_refusals_count_as_busy(tmp_path):
+    con = sqlite3.connect(tmp_path / "x.db")
+    with pytest.raises(sqlite3.OperationalError) as missing:
+        con.execute("SELECT * FROM nowhere")
+    assert not is_busy(missing.value)
+    con.close()
+    holder = sqlite3.connect(tmp_path / "y.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    waiter = sqlite3.connect(tmp_path / "y.db", timeout=0)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        waiter.execute("CREATE TABLE t (x)")
+    assert is_busy(locked.value)
+    holder.close()
+    waiter.close()
