@@ -75,6 +75,7 @@ class Job:
     image_steps: int = 0  # progress: denoising steps done, summed over the request's images
     last_step: int = -1
     pngs: dict[int, tuple[bytes, bool]] = field(default_factory=dict)  # index -> (PNG, nsfw)
+    tiles: dict[int, Image.Image] = field(default_factory=dict)  # index -> the picture, for the grid
     upscale: float | None = None  # the resize factor of an upscale job (PNG info)
     embeddings: tuple[str, ...] = ()  # textual-inversion embeddings its texts name (engine/embeddings.py)
     ti_hashes: str | None = None  # A1111's "TI hashes" PNG-info value for them
@@ -168,6 +169,7 @@ class JobBook:
                 return False
             job.finished = True
             job.pngs.clear()
+            job.tiles.clear()
             if self._active.get(job.job_id) is job:
                 del self._active[job.job_id]
             safe_emit(emit, event)
@@ -176,18 +178,36 @@ class JobBook:
     def fail(self, job: Job, reason: str, emit: Emit, retryable: bool = False) -> bool:
         return self.finish(job, JobFailed(job.job_id, reason, retryable), emit)
 
-    def add_png(self, job: Job, index: int, png: bytes, nsfw: bool, emit: Emit, worker_id: str) -> None:
-        """Keep image ``index``'s PNG; with the job's last one, JobDone with all of them in index order."""
+    def add_png(
+        self,
+        job: Job,
+        index: int,
+        png: bytes,
+        nsfw: bool,
+        emit: Emit,
+        worker_id: str,
+        grid: Callable[[list[int], list[bool]], bytes | None] | None = None,
+    ) -> None:
+        """Keep image ``index``'s PNG; with the job's last one, JobDone with all of them in index order and
+        the picture ``grid(indices, withheld)`` makes of them, built outside the lock (a grid takes tens of
+        ms to encode, and other jobs' PNGs and cancels must not wait for it)."""
         with self.lock:
             if job.finished:
                 return
             job.pngs[index] = (png, nsfw)
             if len(job.pngs) < job.request.count:
                 return
+            indices = sorted(job.pngs)
+            withheld = [job.pngs[i][1] for i in indices]
+        picture = grid(indices, withheld) if grid is not None else None
+        with self.lock:
+            if job.finished:  # cancelled while the grid was made
+                return
             seeds = job.request.seeds
-            images = [ImageResult(i, seeds[i], *job.pngs[i]) for i in sorted(job.pngs)]
+            images = [ImageResult(i, seeds[i], *job.pngs[i]) for i in indices]
             elapsed = time.perf_counter() - (job.started_at or time.perf_counter())
-            self.finish(job, JobDone(job.job_id, images, round(elapsed, 4), job.source.name, worker_id), emit)
+            done = JobDone(job.job_id, images, round(elapsed, 4), job.source.name, worker_id, picture)
+            self.finish(job, done, emit)
 
 
 def safe_emit(emit: Emit, event: Event) -> None:

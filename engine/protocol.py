@@ -133,6 +133,9 @@ class JobDone:
     engine_seconds: float = 0.0
     model: str = ""
     worker_id: str = ""
+    # What Discord shows for two or more images: their 2×2 grid (engine/grids.py), built where the pixels
+    # already are; None for one image, or when every one was withheld. The bot checks its size before use.
+    grid: bytes | None = None
 
 
 @dataclass(slots=True)

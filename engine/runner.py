@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine import devices, loading
+from engine import devices, grids, loading
 from engine import embeddings as embeddings_mod
 from engine import loras as loras_mod
 from engine.families import Family
@@ -322,13 +322,27 @@ class Runner:
     # ------------------------------------------------------------------------------------------- PNGs
 
     def _submit_png(self, job: Job, index: int, image: Image.Image, nsfw: bool, emit: Emit) -> None:
+        job.tiles[index] = image
+
         def done(png: bytes) -> None:
-            self.jobs.add_png(job, index, png, nsfw, emit, self.worker_id)
+            self.jobs.add_png(job, index, png, nsfw, emit, self.worker_id, lambda i, w: self._grid(job, i, w))
 
         def failed(exc: Exception) -> None:
             self.jobs.fail(job, f"PNG encoding failed: {exc}", emit)
 
         self.pngs.submit(image, lambda: self.infotext(job, index), done, failed)
+
+    def _grid(self, job: Job, indices: list[int], withheld: list[bool]) -> bytes | None:
+        """The job's grid, in the PNG pool thread that encoded its last picture (the next batch runs on
+        meanwhile). One that cannot be built is left to the bot, which builds it from the files."""
+        try:
+            first = next((i for i, hidden in zip(indices, withheld, strict=True) if not hidden), None)
+            text = self.infotext(job, first) if first is not None else None
+            seeds = [job.request.seeds[i] for i in indices]
+            return grids.grid_png([job.tiles[i] for i in indices], withheld, text, seeds)
+        except Exception:
+            log.exception("the grid of job %s could not be built; the bot builds it", job.job_id)
+            return None
 
     def infotext(self, job: Job, index: int) -> str:
         # As it ran (engine/pipeline_call.py).

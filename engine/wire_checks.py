@@ -29,6 +29,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MIB = 1024 * 1024
 IMAGE_BYTES = 32 * MIB  # a PNG of the largest allowed image (4 Mpx of noise: about 12 MiB), an init image
 PREVIEW_BYTES = 4 * MIB
+GRID_BYTES = 4 * IMAGE_BYTES  # four of the largest pictures side by side
 REASON_CHARS = 2000  # a failure's reason (JobFailed cuts a longer one when it is made)
 
 # Most characters of each text field, and whether it is a one-line name (no control characters).
@@ -42,7 +43,7 @@ _TEXT: dict[str, tuple[int, bool]] = {
     "device": (100, True),
     "worker_id": (128, True),
 }
-_BYTES = {"png": IMAGE_BYTES, "init_image": IMAGE_BYTES, "preview": PREVIEW_BYTES}
+_BYTES = {"png": IMAGE_BYTES, "init_image": IMAGE_BYTES, "preview": PREVIEW_BYTES, "grid": GRID_BYTES}
 _RANGES: dict[str, tuple[int, int]] = {
     "index": (0, bounds.COUNT.hi - 1),  # names the image's file: never more than a job's images
     "count": (bounds.COUNT.lo, bounds.COUNT.hi),  # the unit of the workers' capacity

@@ -30,9 +30,14 @@ class JobFinished:
 
     Also sent at start for finished jobs that were never delivered; the receiver posts the result
     and calls ``JobManager.mark_delivered``.
+
+    ``picture`` is what to post for a done job, when the engine's result came with it (its grid, or its one
+    image): the receiver then neither reads the files back nor builds the grid. None: build it from the
+    saved files (a redelivery, a result without a grid).
     """
 
     job: Job
+    picture: bytes | None = None
 
 
 ManagerEvent = JobQueued | JobDispatched | JobProgress | JobFinished

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.db.jobs import SavedImage
-from engine import protocol
+from engine import grids, protocol
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,21 @@ class OutputFiles:
     def discard_input(path: str) -> None:
         """An input saved for a job whose row was never written: nothing else would ever remove it."""
         _remove([Path(path)])
+
+
+def shown_picture(event: protocol.JobDone, saved: Sequence[SavedImage]) -> bytes | None:
+    """What Discord is to show of a finished job, taken from the engine's result: its one image, or the
+    grid the engine built. The grid comes from the engine, or from whoever can publish on the broker, so
+    it is used only when it is a PNG of exactly the size the job's pictures make; anything else is
+    ignored, and the bot builds the grid from the saved files as it would after a restart."""
+    if len(saved) == 1 and not saved[0].nsfw and len(event.images) == 1:
+        return event.images[0].png
+    if event.grid is None or len(saved) < 2:
+        return None
+    if png_size(event.grid) != grids.grid_size([(i.width, i.height) for i in saved]):
+        log.warning("the grid sent with job %s does not fit its pictures; building it here", event.job_id)
+        return None
+    return event.grid
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:

@@ -22,7 +22,7 @@ from bot.db.models import Job, JobState
 from bot.jobs.engine_request import request_for
 from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
-from bot.jobs.files import OutputFiles, write_failure
+from bot.jobs.files import OutputFiles, shown_picture, write_failure
 from bot.jobs.speed import SpeedMeter
 from bot.transport.base import NoRoom, Transport
 from engine import protocol
@@ -341,7 +341,7 @@ class JobManager:
             lambda: self.store.finish(job.id, saved, event.engine_seconds, event.model),
         ):
             self.speed.record(job, event.engine_seconds)
-            await self._finished(job.id)
+            await self._finished(job.id, shown_picture(event, saved))
         else:
             log.info("job %s finished twice; the second result is ignored", job.id)
             self._forget(job.id)
@@ -377,11 +377,11 @@ class JobManager:
         else:
             self._forget(job_id)  # finished meanwhile (cancelled, done): nothing of it stays here
 
-    async def _finished(self, job_id: str) -> None:
+    async def _finished(self, job_id: str, picture: bytes | None = None) -> None:
         self._forget(job_id)
         job = await self._db(f"reading job {job_id}", lambda: self.store.get(job_id))
         if job is not None:
-            await self._emit(JobFinished(job))
+            await self._emit(JobFinished(job, picture))
 
     def _forget(self, job_id: str) -> None:
         self._running.discard(job_id)

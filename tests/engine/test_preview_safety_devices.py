@@ -62,6 +62,7 @@ def test_safety_checker_flags_only_requests_that_ask(tiny_model, tmp_path):
         black = Image.open(io.BytesIO(res["sfw"].images[0].png)).convert("RGB")
         assert black.getextrema() == ((0, 0), (0, 0), (0, 0))
         assert [i.nsfw for i in res["nsfw-ok"].images] == [False]
+        assert res["sfw"].grid is None  # nothing to show: no grid (the bot posts the notice alone)
     finally:
         r.close()
 

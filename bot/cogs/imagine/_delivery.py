@@ -162,7 +162,7 @@ class Courier:
             if reply is not None:
                 await edit_status(reply, content=texts.queued(event.job, event.position, event.eta_seconds))
         elif isinstance(event, JobFinished):
-            await self.deliver(event.job)
+            await self.deliver(event.job, picture=event.picture)
 
     async def _progress(self, reply: LiveReply, event: JobProgress) -> None:
         if not reply.wants_progress():
@@ -177,27 +177,34 @@ class Courier:
 
     # ------------------------------------------------------------------------------------ delivery
 
-    async def deliver(self, job: Job, *, now: dt.datetime | None = None) -> None:
+    async def deliver(
+        self, job: Job, *, picture: bytes | None = None, now: dt.datetime | None = None
+    ) -> None:
         """Post a finished job's outcome once; record where it went so a restart does not repeat it.
-        A failure is counted and backed off, and past its tries the job is given up and its author told
-        (:meth:`_failed`); it never reaches the caller, so one job cannot stop the others."""
+        ``picture``: what to show, when the engine's result brought it (JobFinished); else it is made from
+        the saved files. A failure is counted and backed off, and past its tries the job is given up and
+        its author told (:meth:`_failed`); it never reaches the caller, so one job cannot stop the others."""
         if job.id in self._delivering:
             return
         self._delivering.add(job.id)
         try:
             try:
-                await self._deliver(job)
+                await self._deliver(job, picture)
             except Exception as exc:
                 await self._failed(job, exc, now or utcnow())
         finally:
             self._delivering.discard(job.id)
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job, picture: bytes | None) -> None:
         reply = self.live.pop(job.id, None)
-        picture: bytes | None = None
         view: discord.ui.View | None = None
         headline = texts.headline(job)
-        if job.state is JobState.DONE:
+        if job.state is not JobState.DONE:
+            picture = None
+        if picture is not None:
+            content = f"{headline}\n{texts.describe(job)}{texts.withheld_note(job)}"
+            view = result_view(job)
+        elif job.state is JobState.DONE:
             content = f"{headline}\n{texts.describe(job)}"
             try:
                 # Pictures the safety checker flagged are never posted; a dark tile keeps U1–U4 in place.
@@ -211,13 +218,8 @@ class Courier:
                 log.warning("the pictures of job %s are gone: %s", job.id, exc)
                 pngs = []
                 content += "\n❌ Sorry, this result's pictures are no longer on the server."
-            flagged = sum(1 for i in job.images if i.nsfw)
-            if flagged:
-                content += (
-                    f"\n🔞 {flagged} of {len(job.images)} pictures were held back by the safety checker "
-                    "(this channel is not marked NSFW)."
-                )
-            if pngs and flagged < len(job.images):
+            content += texts.withheld_note(job)
+            if pngs and not all(i.nsfw for i in job.images):
                 try:
                     picture = await asyncio.to_thread(grid, pngs, [i.seed for i in job.images])
                     view = result_view(job)

@@ -40,3 +40,13 @@ def describe(job: Job) -> str:
     if job.engine_seconds is not None:
         parts.append(f"{job.engine_seconds:.1f} s")
     return " · ".join(parts)
+
+
+def withheld_note(job: Job) -> str:
+    flagged = sum(1 for i in job.images if i.nsfw)
+    if not flagged:
+        return ""
+    return (
+        f"\n🔞 {flagged} of {len(job.images)} pictures were held back by the safety checker "
+        "(this channel is not marked NSFW)."
+    )

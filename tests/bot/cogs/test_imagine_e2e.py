@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bot.render import GRID_GAP
+from engine.grids import GRID_GAP
 
 
 def _world(fake):
