@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from bot.db.models import Job
 from engine import protocol
 
 
+async def request_of(job: Job, preview_every: int) -> protocol.GenerateRequest:
+    """:func:`request_for`, reading a job's input picture in a thread; a job without one (most) is plain
+    computation, done in place: a thread hop would cost more than the whole call."""
+    if job.init_image_path:
+        return await asyncio.to_thread(request_for, job, preview_every)
+    return request_for(job, preview_every)
+
+
 def request_for(job: Job, preview_every: int) -> protocol.GenerateRequest:
-    """Blocking (reads the input picture): the JobManager calls it in a thread."""
+    """Blocking when the job has an input picture (it is read here)."""
     init = Path(job.init_image_path).read_bytes() if job.init_image_path else None
     return protocol.GenerateRequest(
         job_id=job.id,

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from bot.db.jobs import JobStore
 from bot.db.models import Job, JobState
-from bot.jobs.engine_request import request_for
+from bot.jobs.engine_request import request_of
 from bot.jobs.events import JobDispatched, JobFinished, JobQueued, ManagerEvent
 from bot.jobs.fairness import FairQueue, QueuedJob
 from bot.jobs.files import OutputFiles, shown_picture, write_failure
@@ -206,7 +206,7 @@ class JobManager:
         ):
             job = self._jobs[queued.job_id]
             try:
-                request = await asyncio.to_thread(request_for, job, self.preview_every)
+                request = await request_of(job, self.preview_every)
             except OSError as exc:
                 self.queue.take(job.id)
                 reason = f"its input image could not be read ({exc.strerror})"

@@ -131,11 +131,15 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         # and results are for the channel; a refusal from here on withdraws it (see refuse_after_defer).
         deferred = await interaction.response.defer(thinking=True)
         try:
-            await asyncio.to_thread(self._check_model, params.model)  # walks the model folder
+            # Each check that reads the disk runs in a thread; one with nothing to check (no model named,
+            # no <lora:...> tag: most requests) runs none, as a thread hop costs more than the check.
+            if params.model is not None:
+                await asyncio.to_thread(self._check_model, params.model)  # walks the model folder
             model = params.model
             if model is None and interaction.guild_id is not None:
                 model = (await self.bot.admission.store.rules(interaction.guild_id, 0)).default_model
-            await asyncio.to_thread(self._check_loras, params.prompt, model)  # walks the LoRA folder
+            if self._names_loras(params.prompt):
+                await asyncio.to_thread(self._check_loras, params.prompt, model)  # walks the LoRA folder
             kind, init, size = JobKind.TXT2IMG, None, None
             if image is not None:
                 kind = JobKind.IMG2IMG
@@ -218,6 +222,15 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         if name not in names:
             listed = ", ".join(names[:15]) if names else "none: this server has no model folder set up"
             raise PolicyError(f"There is no model called `{safe(name, 60)}`. Available: {listed}.")
+
+    def _names_loras(self, prompt: str | None) -> bool:
+        """Whether :meth:`_check_loras` has anything to check (no disk: the tags are in the text)."""
+        if not prompt or self.bot.settings.engine_transport != "local":
+            return False
+        try:
+            return bool(lora_tags.extract(prompt)[1])
+        except lora_tags.LoraError:
+            return True  # a malformed tag: the check says what is wrong with it
 
     def _check_loras(self, prompt: str | None, model: str | None) -> None:
         """Refuse a <lora:...> tag the engine would fail on, at once and privately: an unknown one, or one
