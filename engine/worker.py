@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -55,6 +56,8 @@ class Worker:
         self.out = out
         self.inp = inp
         self._write_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="protocol-writer", daemon=True)
         self._cond = threading.Condition()
         self._pending: list[Any] = []  # runner Jobs with images still to schedule
         self._jobs: dict[str, Any] = {}  # job id -> Job, until finished
@@ -65,14 +68,29 @@ class Worker:
     # ------------------------------------------------------------------------------------------ output
 
     def emit(self, event: Event) -> None:
-        with self._write_lock:
-            if self._out_broken:
-                return
-            try:
-                write_frame(self.out, event)
-            except (BrokenPipeError, OSError, ValueError):
-                self._out_broken = True
-                log.warning("protocol output closed; dropping events")
+        """Hand ``event`` to the writer thread; never waits for the bot. Events are emitted from the batch
+        thread (progress) and the PNG pool (results, under the runner's job lock): writing there would stall
+        denoising whenever the bot's event loop is slow to read a result's megabytes off the pipe (measured:
+        9 % of the engine's throughput under load, BENCHMARKS.md 2026-12-03). The queue holds at most the
+        events of the jobs this worker was given (the bot bounds those by its slots)."""
+        if not self._out_broken:
+            self._outbox.put(event)
+
+    def _write_loop(self) -> None:
+        while (event := self._outbox.get()) is not None:
+            with self._write_lock:
+                if self._out_broken:
+                    continue
+                try:
+                    write_frame(self.out, event)
+                except (BrokenPipeError, OSError, ValueError):
+                    self._out_broken = True
+                    log.warning("protocol output closed; dropping events")
+
+    def _finish_writing(self, timeout: float) -> None:
+        """Write out every event emitted so far (within ``timeout``), then stop the writer thread."""
+        self._outbox.put(None)
+        self._writer.join(timeout)
 
     # ------------------------------------------------------------------------------------------- input
 
@@ -149,6 +167,7 @@ class Worker:
 
     def serve(self) -> int:
         runner = self.runner
+        self._writer.start()
         self.emit(
             WorkerReady(
                 worker_id=runner.worker_id,
@@ -175,6 +194,7 @@ class Worker:
         with self._cond:
             for job in list(self._jobs.values()):
                 runner.fail(job, "worker is shutting down", self.emit, retryable=True)
+        self._finish_writing(timeout=60)
         try:
             with self._write_lock:
                 self.out.flush()
