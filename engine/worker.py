@@ -58,6 +58,7 @@ class Worker:
         self._write_lock = threading.Lock()
         self._outbox: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="protocol-writer", daemon=True)
+        self._writer.start()
         self._cond = threading.Condition()
         self._pending: list[Any] = []  # runner Jobs with images still to schedule
         self._jobs: dict[str, Any] = {}  # job id -> Job, until finished
@@ -167,7 +168,6 @@ class Worker:
 
     def serve(self) -> int:
         runner = self.runner
-        self._writer.start()
         self.emit(
             WorkerReady(
                 worker_id=runner.worker_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from engine.pnginfo import read_png_parameters
 from engine.protocol import (
     Cancel,
+    ImageResult,
     JobCancelled,
     JobDone,
     JobFailed,
@@ -198,3 +200,27 @@ def test_stray_prints_do_not_reach_the_protocol_stream():
     assert read_frame(stream) == JobCancelled("x")
     assert read_frame(stream) is None
     assert b"stray print" in proc.stderr and b"raw write" in proc.stderr
+
+
+def test_emit_never_waits_for_the_bot_to_read_and_keeps_the_order():
+    """The batch thread and the PNG pool emit; a bot slow to read a result's megabytes off the pipe must not
+    stall them (engine/worker.py: a writer thread does the writing)."""
+    from engine.worker import Worker
+
+    read_end, write_end = os.pipe()
+    worker = Worker(None, os.fdopen(write_end, "wb"), io.BytesIO())
+    big = JobDone("big", [ImageResult(0, 1, b"x" * (4 << 20))])  # far past a pipe's buffer
+    returned = threading.Event()
+
+    def emit_both() -> None:
+        worker.emit(big)
+        worker.emit(JobCancelled("next"))
+        returned.set()
+
+    threading.Thread(target=emit_both, daemon=True).start()
+    # Nobody reads yet: both emits return regardless (a writing emit would block on the full pipe).
+    assert returned.wait(timeout=60), "emit waited for the reader"
+    with os.fdopen(read_end, "rb") as bot_side:
+        first, second = read_frame(bot_side), read_frame(bot_side)
+    assert isinstance(first, JobDone) and first.images[0].png == big.images[0].png
+    assert second == JobCancelled("next")
