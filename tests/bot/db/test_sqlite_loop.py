@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -14,7 +16,21 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from bot.db import Database
-from bot.db.sqlite_loop import is_busy
+from bot.db.sqlite_loop import _patiently, is_busy
+from tests.waiting import wait_until
+
+
+def _waiting_in_a_thread() -> bool:
+    """Whether a thread other than this one is in ``_patiently``: a call waiting there for the lock."""
+    for ident, frame in sys._current_frames().items():
+        if ident == threading.get_ident():
+            continue
+        at: FrameType | None = frame
+        while at is not None:
+            if at.f_code is _patiently.__code__:
+                return True
+            at = at.f_back
+    return False
 
 
 def _database(path: Path) -> Database:
@@ -65,9 +81,7 @@ async def test_a_write_that_finds_the_database_locked_waits_in_a_thread_while_th
         try:
             other.execute("BEGIN EXCLUSIVE")
             write = asyncio.create_task(_insert(db, "during"))
-            # Up to its refusal the write runs without yielding (that is the point of running in place), so
-            # one turn of the loop takes it to its wait in aiosqlite's thread.
-            await asyncio.sleep(0)
+            await wait_until(_waiting_in_a_thread, "the write to wait for the lock in aiosqlite's thread")
             # The loop is free: a read (WAL: readers never wait for the writer) is answered meanwhile.
             assert set(await _tids(db)) == {"before"}
             assert not write.done()
