@@ -121,8 +121,9 @@ class JobStore:
 
     async def finish(
         self, job_id: str, images: Sequence[SavedImage], engine_seconds: float, model: str
-    ) -> bool:
-        """running → done with its images and one usage row, in one transaction. False if already done."""
+    ) -> Job | None:
+        """running → done with its images and one usage row, in one transaction; the job as recorded (read
+        back by the UPDATE itself: no second query), or None if it was already done."""
         async with self.sessions.begin() as session:
             result = await session.execute(
                 update(JOBS)
@@ -134,29 +135,27 @@ class JobStore:
                     model=model or JOBS.c.model,
                     error=None,
                 )
-                .returning(JOBS.c.user_id, JOBS.c.guild_id)
+                .returning(*JOBS.c)
             )
             row = result.first()
             if row is None:
-                return False
+                return None
             now = utcnow()
-            if images:
-                await session.execute(
-                    insert(IMAGES),
-                    [
-                        {
-                            "job_id": job_id,
-                            "index": i.index,
-                            "seed": i.seed,
-                            "path": i.path,
-                            "width": i.width,
-                            "height": i.height,
-                            "nsfw": i.nsfw,
-                            "created_at": now,
-                        }
-                        for i in images
-                    ],
-                )
+            rows = [
+                {
+                    "job_id": job_id,
+                    "index": i.index,
+                    "seed": i.seed,
+                    "path": i.path,
+                    "width": i.width,
+                    "height": i.height,
+                    "nsfw": i.nsfw,
+                    "created_at": now,
+                }
+                for i in sorted(images, key=lambda i: i.index)
+            ]
+            if rows:
+                await session.execute(insert(IMAGES), rows)
             await session.execute(
                 insert(USAGE).values(
                     job_id=job_id,
@@ -167,7 +166,9 @@ class JobStore:
                     created_at=now,
                 )
             )
-            return True
+        finished = Job(**row._mapping)
+        finished.images = [Image(**r) for r in rows]
+        return finished
 
     async def mark_delivered(self, job_id: str, message_id: int | None) -> None:
         async with self.sessions.begin() as session:

@@ -336,15 +336,16 @@ class JobManager:
             log.error("could not save the pictures of job %s under %s: %s", job.id, self.output_dir, exc)
             await self._fail(job.id, write_failure(exc))
             return
-        if await self._db(
+        finished = await self._db(
             f"recording the result of job {job.id}",
             lambda: self.store.finish(job.id, saved, event.engine_seconds, event.model),
-        ):
-            self.speed.record(job, event.engine_seconds)
-            await self._finished(job.id, shown_picture(event, saved))
-        else:
+        )
+        self._forget(job.id)
+        if finished is None:
             log.info("job %s finished twice; the second result is ignored", job.id)
-            self._forget(job.id)
+            return
+        self.speed.record(job, event.engine_seconds)
+        await self._emit(JobFinished(finished, shown_picture(event, saved)))  # as recorded: no reload
 
     async def _failed(self, event: protocol.JobFailed) -> None:
         job = self._jobs.get(event.job_id)
@@ -377,11 +378,11 @@ class JobManager:
         else:
             self._forget(job_id)  # finished meanwhile (cancelled, done): nothing of it stays here
 
-    async def _finished(self, job_id: str, picture: bytes | None = None) -> None:
+    async def _finished(self, job_id: str) -> None:
         self._forget(job_id)
         job = await self._db(f"reading job {job_id}", lambda: self.store.get(job_id))
         if job is not None:
-            await self._emit(JobFinished(job, picture))
+            await self._emit(JobFinished(job))
 
     def _forget(self, job_id: str) -> None:
         self._running.discard(job_id)

@@ -9,7 +9,7 @@ from alembic import command
 from sqlalchemy import event, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from bot.db import Database, Guild, JobState, User
+from bot.db import Database, Guild, Job, JobState, User
 from bot.db.jobs import JobStore, SavedImage
 from bot.db.session import alembic_config
 from tests.bot.jobrows import new_job
@@ -59,12 +59,18 @@ async def test_finish_is_counted_once(store):
     assert await store.start_attempt("j1") == 1
     assert await store.start_attempt("j1") is None  # not queued any more
     images = [SavedImage(0, 1, "/x/0.png", 64, 64), SavedImage(1, 2, "/x/1.png", 64, 64)]
-    assert await store.finish("j1", images, 1.5, "tiny")
-    assert not await store.finish("j1", images, 1.5, "tiny")  # a duplicate result changes nothing
+    finished = await store.finish("j1", images, 1.5, "tiny")
+    assert await store.finish("j1", images, 1.5, "tiny") is None  # a duplicate result changes nothing
     job = await store.get("j1")
     assert job.state is JobState.DONE and [i.seed for i in job.images] == [1, 2]
     # Timestamps come back aware on both databases (SQLite's came back naive, PostgreSQL's aware).
     assert job.created_at.tzinfo is not None and job.finished_at.utcoffset() == dt.timedelta(0)
+    # What finish hands back (the JobManager posts it without reading the row again) is the row as read.
+    assert finished is not None
+    for column in Job.__table__.columns:
+        assert getattr(finished, column.key) == getattr(job, column.key), column.key
+    recorded = [(i.index, i.seed, i.path, i.width, i.height, i.nsfw) for i in job.images]
+    assert [(i.index, i.seed, i.path, i.width, i.height, i.nsfw) for i in finished.images] == recorded
     assert await store.images_since(30, 10, job.created_at.replace(year=2000)) == 2
 
 
@@ -83,7 +89,7 @@ async def test_a_result_delivered_twice_at_once_through_two_connections_finishes
         )
     finally:
         await other.close()
-    assert sorted(results) == [False, True]
+    assert sorted(r is not None for r in results) == [False, True]
     assert await store.images_since(30, 10, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == 1
 
 
