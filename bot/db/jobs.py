@@ -93,8 +93,8 @@ class JobStore:
             values.setdefault("started_at", now)
         if to.finished:
             values.setdefault("finished_at", now)
-        async with self.sessions.begin() as session:
-            result = await session.execute(
+        async with self.sessions.write() as conn:
+            result = await conn.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, JOBS.c.state.in_(list(from_states)))
                 .values(state=to, **values)
@@ -103,8 +103,8 @@ class JobStore:
 
     async def start_attempt(self, job_id: str) -> int | None:
         """queued → running, counting the attempt; returns the attempt number, None if not queued."""
-        async with self.sessions.begin() as session:
-            result = await session.execute(
+        async with self.sessions.write() as conn:
+            result = await conn.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, JOBS.c.state == JobState.QUEUED)
                 .values(state=JobState.RUNNING, started_at=utcnow(), attempts=JOBS.c.attempts + 1)
@@ -124,8 +124,8 @@ class JobStore:
     ) -> Job | None:
         """running → done with its images and one usage row, in one transaction; the job as recorded (read
         back by the UPDATE itself: no second query), or None if it was already done."""
-        async with self.sessions.begin() as session:
-            result = await session.execute(
+        async with self.sessions.write() as conn:
+            result = await conn.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, JOBS.c.state.in_([JobState.RUNNING, JobState.QUEUED]))
                 .values(
@@ -155,8 +155,8 @@ class JobStore:
                 for i in sorted(images, key=lambda i: i.index)
             ]
             if rows:
-                await session.execute(insert(IMAGES), rows)
-            await session.execute(
+                await conn.execute(insert(IMAGES), rows)
+            await conn.execute(
                 insert(USAGE).values(
                     job_id=job_id,
                     user_id=row.user_id,
@@ -171,8 +171,8 @@ class JobStore:
         return finished
 
     async def mark_delivered(self, job_id: str, message_id: int | None) -> None:
-        async with self.sessions.begin() as session:
-            await session.execute(
+        async with self.sessions.write() as conn:
+            await conn.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id)
                 .values(delivered_at=utcnow(), result_message_id=message_id, next_delivery_at=None)

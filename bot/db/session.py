@@ -13,7 +13,13 @@ from alembic.config import Config
 from sqlalchemy import Connection, CursorResult, Result, event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from bot.db.sqlite_loop import use_loop_connections
 
@@ -89,6 +95,14 @@ class Sessions:
     async def begin(self) -> AsyncIterator[AsyncSession]:
         async with self._write_turn, self._maker.begin() as session:
             yield session
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a plain connection, for statements that need no ORM (each job's state
+        changes): an ORM session's own machinery costs about 0.4 ms of CPU a transaction here."""
+        bind = self._maker.kw["bind"]
+        async with self._write_turn, bind.begin() as conn:
+            yield conn
 
 
 class Database:
