@@ -129,10 +129,7 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
         # Acknowledge before any network, file or database work: Discord drops an interaction not answered
         # within 3 s, and the picture's download alone can take longer. Publicly, because the job's news
         # and results are for the channel; a refusal from here on withdraws it (see refuse_after_defer).
-        # The acknowledgement leaves first (one turn of the loop sends it), and the checks below run while
-        # it travels; its answer is awaited before anything is said or recorded.
-        deferring = asyncio.ensure_future(interaction.response.defer(thinking=True))
-        await asyncio.sleep(0)
+        deferred = await interaction.response.defer(thinking=True)
         try:
             # Each check that reads the disk runs in a thread; one with nothing to check (no model named,
             # no <lora:...> tag: most requests) runs none, as a thread hop costs more than the check.
@@ -152,17 +149,15 @@ class ImagineCog(FriendlyErrors):  # errors in commands become ephemeral explana
                 self.bot, Origin.of(interaction), params, kind=kind, init_image=init, size=size
             )
         except PolicyError as exc:
-            await deferring
             await refuse_after_defer(interaction, f"⚠️ {exc}")
             return
         except Exception:  # answered here, not by cog_app_command_error: that would follow up a second time
             log.exception("/imagine failed before queueing in guild %s", interaction.guild_id)
-            await deferring
             await refuse_after_defer(
                 interaction, "❌ Sorry, something went wrong on my side; please try again."
             )
             return
-        await self.bot.courier.start(interaction, prepared, deferred=await deferring)
+        await self.bot.courier.start(interaction, prepared, deferred=deferred)
 
     @imagine.autocomplete("model")
     async def _model_names(
