@@ -380,8 +380,7 @@ class JobManager:
 
     async def _finished(self, job_id: str) -> None:
         self._forget(job_id)
-        job = await self._db(f"reading job {job_id}", lambda: self.store.get(job_id))
-        if job is not None:
+        if (job := await self._db(f"reading job {job_id}", lambda: self.store.get(job_id))) is not None:
             await self._emit(JobFinished(job))
 
     def _forget(self, job_id: str) -> None:
